@@ -1,0 +1,43 @@
+"""Architecture names: parsing and the per-dataset defaults (no torch here, so params.py and the
+download stage do not depend on the model code).
+
+  mlp:W1-W2-...   fully connected ReLU net with hidden widths W1, W2, ...
+  cnn:C1-C2-...   3x3 conv + BatchNorm + ReLU + 2x2 max-pool per entry, then a 256-unit head
+  resnet<d>x4     CIFAR ResNet of depth d = 6n+2 with RepDistiller's 4x widths (resnet8x4, resnet32x4)
+"""
+
+from __future__ import annotations
+
+import re
+
+ARCH_HELP = "mlp:<width>-<width>..., cnn:<channels>-<channels>..., resnet<6n+2>x4"
+
+# (teacher, student) per dataset: `auto` resolves here, so switching `dataset` needs no other edit.
+# On Fashion-MNIST an MLP teacher barely beats an MLP student (a trial measured 1200-1200 with
+# dropout at 89.9% against 800-800 at 90.4%), so the default teacher there is a CNN.
+AUTO_ARCH = {
+    "fashion-mnist": ("cnn:32-64", "mlp:800-800"),
+    "mnist": ("cnn:32-64", "mlp:800-800"),
+    "cifar10": ("resnet32x4", "resnet8x4"),
+    "cifar100": ("resnet32x4", "resnet8x4"),
+    "digits": ("mlp:256-256", "mlp:32"),
+}
+
+
+def parse_arch(spec: str) -> tuple[str, tuple[int, ...]] | None:
+    """'mlp:800-800' -> ('mlp', (800, 800)); 'resnet8x4' -> ('resnet', (8,)); bad -> None."""
+    m = re.fullmatch(r"(mlp|cnn):(\d+(?:-\d+)*)", spec)
+    if m:
+        sizes = tuple(int(s) for s in m.group(2).split("-"))
+        return (m.group(1), sizes) if all(s > 0 for s in sizes) else None
+    m = re.fullmatch(r"resnet(\d+)x4", spec)
+    if m and int(m.group(1)) >= 8 and (int(m.group(1)) - 2) % 6 == 0:
+        return ("resnet", (int(m.group(1)),))
+    return None
+
+
+def resolve_arch(spec: str, dataset: str, role: str) -> str:
+    """Turn `auto` into the dataset's default architecture for `role` (teacher or student)."""
+    if spec != "auto":
+        return spec
+    return AUTO_ARCH[dataset][0 if role == "teacher" else 1]

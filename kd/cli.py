@@ -1,0 +1,41 @@
+"""Command-line plumbing every stage shares: the --params flag, and turning known failures into a
+one-line message and a non-zero exit status instead of a traceback.
+
+Exit status 2: params.yaml is invalid (nothing was read or written).
+Exit status 1: the data, a model or training failed (nothing was written: outputs are atomic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from kd.errors import PipelineError
+from kd.params import Params, ParamsError, load
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    summary, _, details = (doc or "").partition("\n")
+    ap = argparse.ArgumentParser(description=summary, epilog=details.strip() or None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return ap
+
+
+def params_or_exit(path: str) -> Params:
+    try:
+        return load(path)
+    except ParamsError as e:
+        print(f"error: {path}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    try:
+        yield
+    except (PipelineError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

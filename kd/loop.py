@@ -1,0 +1,137 @@
+"""The training loop: plain PyTorch, one function for teacher, student and distillation.
+
+In:  a model, a `Dataset` already on its device, `params.Train` knobs, and a loss function
+     `loss_fn(logits, labels, idx, x)` (idx: the batch's row numbers in the training split, so a
+     distillation loss can look up cached teacher logits; x: the exact normalised inputs the model
+     saw, so an online teacher can see the same augmented batch).
+Out: `Fit` with one dict of floats per epoch; the model ends holding the weights of the epoch with
+     the best *validation* accuracy (the test split is scored each epoch for the learning curves,
+     never used to choose anything).
+
+Metrics go out through `log(metrics, step)`: the loop never asks whether tracking is on.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kd import device as devices
+from kd.data import Dataset, Split, normalize, random_flip, random_shift
+from kd.errors import PipelineError
+from kd.metrics import scores
+from kd.models import apply_max_norm
+from kd.params import Train
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+EVAL_BATCH = 4096
+
+
+class Diverged(PipelineError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Fit:
+    history: list[dict[str, float]]
+    best_epoch: int
+    train_seconds: float
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits (N, classes) in float32 for a whole split, in eval mode (dropout off, BN frozen)."""
+    was_training = model.training
+    model.eval()
+    dev = split.x.device
+    outs = []
+    with devices.autocast(dev):
+        for i in range(0, len(split), batch):
+            outs.append(model(normalize(split.x[i:i + batch], data.mean, data.std)).float())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def batch_inputs(split: Split, idx: torch.Tensor, data: Dataset, cfg: Train,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Cut a batch by index, augment it (on uint8: 4x less memory traffic), normalise it."""
+    x = split.x[idx]
+    x = random_shift(x, cfg.shift, gen)
+    if cfg.flip:
+        x = random_flip(x, gen)
+    return normalize(x, data.mean, data.std)
+
+
+def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: int,
+        max_norm: float = 0.0, log: Callable[[dict, int], None] = lambda m, s: None,
+        label: str = "train") -> Fit:
+    dev = data.train.x.device
+    n = len(data.train)
+    # Whole batches only (a last batch of 1 image breaks BatchNorm); shuffling changes which few
+    # images wait for the next epoch.
+    bs = min(cfg.batch_size, n)
+    steps = n // bs
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    # One-cycle: warm up then anneal; tolerates the large learning rates that make SGD fast.
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    history: list[dict[str, float]] = []
+    best_acc, best_state, best_epoch = -1.0, None, 0
+    t_start = time.perf_counter()
+    tty = sys.stderr.isatty()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=dev)
+        loss_sum = torch.zeros((), device=dev)
+        bar = tqdm(total=steps, desc=f"{label} {epoch}/{cfg.epochs}", leave=False, disable=not tty,
+                   unit="batch")
+        for step in range(steps):
+            idx = perm[step * bs:(step + 1) * bs]
+            x = batch_inputs(data.train, idx, data, cfg, gen)
+            y = data.train.y[idx]
+            with devices.autocast(dev):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, idx, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            apply_max_norm(model, max_norm)
+            # Accumulate on the device: no .item() (a host sync) per step.
+            loss_sum += loss.detach()
+            bar.update()
+        bar.close()
+        train_loss = float(loss_sum) / steps  # the epoch's one sync
+        if not math.isfinite(train_loss):
+            raise Diverged(f"{label}: training loss became {train_loss} in epoch {epoch}; lower "
+                           "the learning rate or set grad_clip (the model was not written)")
+        train_seconds = time.perf_counter() - t0
+        val = scores(predict(model, data.val, data), data.val.y, "val")
+        test = scores(predict(model, data.test, data), data.test.y, "test")
+        row = {"epoch": epoch, "train_loss": train_loss, **val, **test,
+               "epoch_seconds": train_seconds, "samples_per_s": steps * bs / train_seconds,
+               "lr": sched.get_last_lr()[0]}
+        history.append(row)
+        log(row, epoch)
+        if val["val_acc"] > best_acc:
+            best_acc, best_epoch = val["val_acc"], epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elapsed = time.perf_counter() - t_start
+        left = elapsed / epoch * (cfg.epochs - epoch)
+        print(f"{label} epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  "
+              f"val acc {val['val_acc']:.4f}  test acc {test['test_acc']:.4f}  "
+              f"{row['samples_per_s']:,.0f} samples/s  {train_seconds:.1f}s  "
+              f"~{left:.0f}s left", flush=True)
+    model.load_state_dict(best_state)
+    return Fit(history, best_epoch, time.perf_counter() - t_start)

@@ -1,0 +1,207 @@
+"""Load and validate params.yaml once, before any data or model is touched.
+
+In:  a path to params.yaml (DVC writes `-S key=value` overrides into it).
+Out: a `Params` object of plain dataclasses, or `ParamsError` with a one-line message that names
+     the key and what is allowed. Stages turn that error into exit status 2.
+
+Every knob lives in params.yaml; nothing here supplies a hidden default. The schema below is the
+single list of allowed keys, so an unknown key (a typo such as `teacher.epoch`) is an error too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kd.archs import ARCH_HELP, parse_arch
+from kd.errors import PipelineError
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits")
+
+
+class ParamsError(PipelineError):
+    """A params.yaml value is missing, unknown or out of range; the message names the key."""
+
+
+# --- value checks: each returns the cleaned value or raises ParamsError naming `key` ----------
+
+
+def _int(key: str, v: Any, lo: int | None = None) -> int:
+    # bool is an int subclass in Python; `epochs: true` is a mistake, not 1.
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ParamsError(f"{key} must be an integer{_lo(lo)} (got {v!r})")
+    if lo is not None and v < lo:
+        raise ParamsError(f"{key} must be an integer{_lo(lo)} (got {v!r})")
+    return v
+
+
+def _lo(lo: int | None) -> str:
+    return f" >= {lo}" if lo is not None else ""
+
+
+def _float(key: str, v: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    # `-S T=4` writes the int 4: ints are accepted wherever a float is expected.
+    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    if ok:
+        v = float(v)
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        hi_txt = "inf" if hi == float("inf") else f"{hi:g}"
+        raise ParamsError(f"{key} must be a number in {left}{lo:g}, {hi_txt}{right} (got {v!r})")
+    return v
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ParamsError(f"{key} must be true or false (got {v!r})")
+    return v
+
+
+def _choice(key: str, v: Any, allowed: tuple[str, ...]) -> str:
+    if v not in allowed:
+        raise ParamsError(f"{key} must be one of {', '.join(allowed)} (got {v!r})")
+    return v
+
+
+def _arch(key: str, v: Any) -> str:
+    if v == "auto":
+        return v
+    if not isinstance(v, str) or parse_arch(v) is None:
+        raise ParamsError(f"{key} must be auto or an architecture ({ARCH_HELP}) (got {v!r})")
+    return v
+
+
+INF = float("inf")
+
+# Keys of each section and how to check them. Model knobs (arch, dropout, max_norm) belong to the
+# network; training knobs to the optimisation. Distillation trains the student's network (from
+# `student.*`) with its own training knobs (`distill.*`).
+TRAIN_KEYS = {
+    "epochs": lambda k, v: _int(k, v, 1),
+    "batch_size": lambda k, v: _int(k, v, 1),
+    "lr": lambda k, v: _float(k, v, 0, INF, lo_open=True),
+    "momentum": lambda k, v: _float(k, v, 0, 1, hi_open=True),
+    "weight_decay": lambda k, v: _float(k, v, 0, INF),
+    "shift": lambda k, v: _int(k, v, 0),
+    "flip": _bool,
+    "grad_clip": lambda k, v: _float(k, v, 0, INF),
+}
+MODEL_KEYS = {
+    "arch": _arch,
+    "input_dropout": lambda k, v: _float(k, v, 0, 1, hi_open=True),
+    "dropout": lambda k, v: _float(k, v, 0, 1, hi_open=True),
+    "max_norm": lambda k, v: _float(k, v, 0, INF),
+}
+DATA_KEYS = {
+    "root": lambda k, v: v if v is None or isinstance(v, str) else _type_error(k, v, "a path"),
+    "val_fraction": lambda k, v: _float(k, v, 0, 0.5, lo_open=True),
+    "split_seed": lambda k, v: _int(k, v, 0),
+}
+
+
+def _type_error(key: str, v: Any, what: str):
+    raise ParamsError(f"{key} must be {what} (got {v!r})")
+
+
+@dataclass(frozen=True)
+class Model:
+    arch: str
+    input_dropout: float
+    dropout: float
+    max_norm: float
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    shift: int
+    flip: bool
+    grad_clip: float
+
+
+@dataclass(frozen=True)
+class Data:
+    root: str | None
+    val_fraction: float
+    split_seed: int
+
+
+@dataclass(frozen=True)
+class Params:
+    dataset: str
+    seed: int
+    T: float
+    alpha: float
+    data: Data
+    teacher_model: Model
+    teacher: Train
+    student_model: Model
+    student: Train
+    distill: Train
+    raw: dict  # the validated file as read, for logging to MLflow
+
+    def section(self, name: str) -> dict:
+        """The raw params a stage depends on, for MLflow (flattened there)."""
+        return {name: self.raw[name]}
+
+
+def _section(raw: dict, name: str, schema: dict) -> dict:
+    sec = raw.get(name)
+    if not isinstance(sec, dict):
+        raise ParamsError(f"{name} must be a mapping with keys {', '.join(schema)}")
+    unknown = sorted(set(sec) - set(schema))
+    if unknown:
+        raise ParamsError(f"{name}.{unknown[0]} is not a known key; allowed: {', '.join(schema)}")
+    missing = [k for k in schema if k not in sec]
+    if missing:
+        raise ParamsError(f"{name}.{missing[0]} is missing; {name} needs {', '.join(schema)}")
+    return {k: check(f"{name}.{k}", sec[k]) for k, check in schema.items()}
+
+
+TOP_KEYS = ("dataset", "seed", "T", "alpha", "data", "teacher", "student", "distill")
+
+
+def validate(raw: Any) -> Params:
+    """Check a parsed params.yaml mapping; return `Params` or raise `ParamsError`."""
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml must be a mapping of keys to values")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ParamsError(f"{unknown[0]} is not a known key; allowed: {', '.join(TOP_KEYS)}")
+    for k in TOP_KEYS:
+        if k not in raw:
+            raise ParamsError(f"{k} is missing from params.yaml")
+    dataset = _choice("dataset", raw["dataset"], DATASETS)
+    seed = _int("seed", raw["seed"], 0)
+    T = _float("T", raw["T"], 0, INF, lo_open=True)
+    alpha = _float("alpha", raw["alpha"], 0, 1)
+    data = Data(**_section(raw, "data", DATA_KEYS))
+    nets = {}
+    for role in ("teacher", "student"):
+        sec = _section(raw, role, MODEL_KEYS | TRAIN_KEYS)
+        nets[role + "_model"] = Model(**{k: sec[k] for k in MODEL_KEYS})
+        nets[role] = Train(**{k: sec[k] for k in TRAIN_KEYS})
+    distill = Train(**_section(raw, "distill", TRAIN_KEYS))
+    return Params(dataset=dataset, seed=seed, T=T, alpha=alpha, data=data, distill=distill,
+                  raw=raw, **nets)
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; a missing or unparsable file is a ParamsError too."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return validate(raw)

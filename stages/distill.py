@@ -1,0 +1,75 @@
+"""Stage 5: train the student network on the teacher's soft targets (Hinton et al. 2015, eq. 2).
+
+loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y)
+
+With no augmentation (distill.shift = 0, distill.flip = false) the student sees exactly the
+images the teacher saw when the soft targets were cached, so the cached logits are used. With
+augmentation, cached logits would be for other pixels: the teacher then runs (eval mode,
+no_grad) on the very same augmented batch as the student.
+
+Reads params: dataset, seed, T, alpha, distill.* (training), student.* (the network). Writes
+model/distilled.pt, metrics/distilled.json, plots/distilled.csv and one MLflow run that records
+the teacher's run id. Run: python -m stages.distill
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kd import cli, data, device, metrics, training
+from kd.archs import resolve_arch
+from kd.losses import distillation_loss
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(__doc__)
+    ap.add_argument("--data", help="prepared dataset folder (default: data/<dataset>)")
+    ap.add_argument("--soft-targets", type=Path, default=Path("model/soft_targets.pt"))
+    ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"),
+                    help="used only when distill.shift or distill.flip augment the batches")
+    ap.add_argument("--model", type=Path, default=Path("model/distilled.pt"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/distilled.json"))
+    ap.add_argument("--plots", type=Path, default=Path("plots/distilled.csv"))
+    args = ap.parse_args(argv)
+    p = cli.params_or_exit(args.params)
+
+    with cli.friendly_errors():
+        torch.manual_seed(p.seed)
+        dev = device.pick()
+        ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
+        soft = torch.load(args.soft_targets, map_location=dev)
+        if soft["dataset"] != p.dataset or len(soft["train"]) != len(ds.train):
+            raise FileNotFoundError(f"{args.soft_targets}: soft targets are for another dataset "
+                                    f"({soft['dataset']}); run the soft_targets stage first")
+        online = p.distill.shift > 0 or p.distill.flip
+        if online:
+            teacher, _ = training.load_checkpoint(args.teacher, dev)
+
+            @torch.no_grad()
+            def teacher_logits(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                with device.autocast(dev):
+                    return teacher(x).float()
+        else:
+            def teacher_logits(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                return soft["train"][idx]
+
+        arch = resolve_arch(p.student_model.arch, p.dataset, "student")
+        model = training.build_model(arch, p.student_model, ds)
+        training.train_and_record(
+            "distill", p, ds, model, arch, p.student_model, p.distill,
+            loss_fn=lambda s, y, idx, x: distillation_loss(s, teacher_logits(idx, x), y,
+                                                           p.T, p.alpha),
+            out=training.Outputs(args.model, args.metrics, args.plots),
+            run_params={"dataset": p.dataset, "seed": p.seed, "T": p.T, "alpha": p.alpha,
+                        "distill": p.raw["distill"], "student": p.raw["student"],
+                        "student.arch_resolved": arch},
+            tags={"teacher_run_id": soft["teacher_run_id"],
+                  "soft_targets": "online" if online else "cached"},
+            extra_metrics=lambda test_logits: {
+                "agreement": metrics.agreement(test_logits, soft["test"])})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Stage 2: train the teacher (the big, regularised model) with plain cross-entropy.
+
+Reads params: dataset, seed, teacher.*. Writes model/teacher.pt, metrics/teacher.json,
+plots/teacher.csv and one MLflow run. Run: python -m stages.teacher
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kd import cli, data, device, training
+from kd.archs import resolve_arch
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(__doc__)
+    ap.add_argument("--data", help="prepared dataset folder (default: data/<dataset>)")
+    ap.add_argument("--model", type=Path, default=Path("model/teacher.pt"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/teacher.json"))
+    ap.add_argument("--plots", type=Path, default=Path("plots/teacher.csv"))
+    args = ap.parse_args(argv)
+    p = cli.params_or_exit(args.params)
+
+    with cli.friendly_errors():
+        torch.manual_seed(p.seed)
+        ds = data.load(Path(args.data or f"data/{p.dataset}")).to(device.pick())
+        arch = resolve_arch(p.teacher_model.arch, p.dataset, "teacher")
+        model = training.build_model(arch, p.teacher_model, ds)
+        training.train_and_record(
+            "teacher", p, ds, model, arch, p.teacher_model, p.teacher,
+            loss_fn=lambda logits, y, idx, x: F.cross_entropy(logits, y),
+            out=training.Outputs(args.model, args.metrics, args.plots),
+            run_params={"dataset": p.dataset, "seed": p.seed, "teacher": p.raw["teacher"],
+                        "teacher.arch_resolved": arch})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny params on scikit-learn's digits, and a throwaway MLflow store."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_TRAIN = {"epochs": 2, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+              "shift": 0, "flip": False, "grad_clip": 0.0}
+TINY_MODEL = {"arch": "auto", "input_dropout": 0.0, "dropout": 0.0, "max_norm": 0.0}
+
+
+def tiny_params() -> dict:
+    """A complete, valid params mapping that trains in a second on digits."""
+    return copy.deepcopy({
+        "dataset": "digits", "seed": 0, "T": 4, "alpha": 0.9,
+        "data": {"root": None, "val_fraction": 0.1, "split_seed": 0},
+        "teacher": {**TINY_MODEL, **TINY_TRAIN},
+        "student": {**TINY_MODEL, **TINY_TRAIN},
+        "distill": dict(TINY_TRAIN),
+    })
+
+
+def write_params(folder: Path, params: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """Point MLflow at a temporary SQLite store for the test; returns its URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("KD_TRACKING", raising=False)
+    return uri
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A fresh folder as the working directory, holding a tiny params.yaml."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params())
+    return tmp_path

@@ -1,0 +1,66 @@
+"""Model shapes, parameter counts and the max-norm constraint."""
+
+import pytest
+import torch
+
+from kd.archs import AUTO_ARCH, parse_arch, resolve_arch
+from kd.models import apply_max_norm, build, count_params
+
+
+@pytest.mark.parametrize("arch,in_shape,classes", [
+    ("mlp:800-800", (1, 28, 28), 10),
+    ("mlp:1200-1200", (1, 28, 28), 10),
+    ("cnn:32-64", (1, 28, 28), 10),
+    ("cnn:32-64", (3, 32, 32), 100),
+    ("resnet8x4", (3, 32, 32), 100),
+    ("mlp:32", (1, 8, 8), 10),
+])
+def test_logits_shape(arch, in_shape, classes):
+    model = build(arch, in_shape, classes).eval()
+    assert model(torch.randn(3, *in_shape)).shape == (3, classes)
+
+
+def test_parameter_counts_match_the_paper_and_repdistiller():
+    # Hinton's MNIST nets: 784-800-800-10 and 784-1200-1200-10.
+    assert count_params(build("mlp:800-800", (1, 28, 28), 10)) == 1_276_810
+    assert count_params(build("mlp:1200-1200", (1, 28, 28), 10)) == 2_395_210
+    # RepDistiller's CIFAR-100 pair: resnet8x4 about 1.2M, resnet32x4 about 7.4M parameters.
+    assert 1.2e6 < count_params(build("resnet8x4", (3, 32, 32), 100)) < 1.3e6
+    assert 7.4e6 < count_params(build("resnet32x4", (3, 32, 32), 100)) < 7.5e6
+
+
+def test_dropout_only_in_training_mode():
+    model = build("mlp:64", (1, 8, 8), 10, input_dropout=0.2, dropout=0.5)
+    x = torch.randn(4, 1, 8, 8)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_max_norm_caps_hidden_units_not_output():
+    model = build("mlp:16-16", (1, 4, 4), 3)
+    for p in model.parameters():
+        torch.nn.init.constant_(p, 5.0)
+    apply_max_norm(model, 2.0)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in linears[:-1]:
+        assert torch.all(layer.weight.norm(dim=1) <= 2.0 + 1e-5)
+    assert torch.all(linears[-1].weight.norm(dim=1) > 2.0)
+
+
+@pytest.mark.parametrize("spec", ["mlp:", "mlp:0", "cnn:a-b", "resnet10x4", "resnet4x4", "vgg", ""])
+def test_bad_architecture_names_are_rejected(spec):
+    assert parse_arch(spec) is None
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build(spec, (1, 8, 8), 10)
+
+
+def test_auto_gives_a_teacher_and_student_for_every_dataset():
+    from kd.params import DATASETS
+
+    assert set(AUTO_ARCH) == set(DATASETS)
+    for ds in DATASETS:
+        teacher, student = resolve_arch("auto", ds, "teacher"), resolve_arch("auto", ds, "student")
+        assert parse_arch(teacher) and parse_arch(student)
+    assert resolve_arch("mlp:10", "digits", "teacher") == "mlp:10"

@@ -1,0 +1,92 @@
+"""params.yaml validation: every bad value stops a stage with exit 2 and a message naming the key."""
+
+import pytest
+
+from kd.params import ParamsError, load, validate
+from tests.conftest import ROOT, tiny_params, write_params
+
+
+def test_the_shipped_params_file_is_valid():
+    p = load(ROOT / "params.yaml")
+    assert p.dataset == "fashion-mnist"
+    assert p.T > 0 and 0 <= p.alpha <= 1
+
+
+def test_int_accepted_where_a_float_is_expected():
+    raw = tiny_params()
+    raw["T"], raw["alpha"], raw["teacher"]["lr"] = 4, 1, 1  # what `dvc exp run -S T=4` writes
+    p = validate(raw)
+    assert p.T == 4.0 and isinstance(p.T, float) and p.alpha == 1.0
+
+
+def _set(raw, dotted, value):
+    *path, last = dotted.split(".")
+    node = raw
+    for k in path:
+        node = node[k]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+BAD = [
+    ("T", 0, "T must be a number in (0, inf]"),
+    ("T", -1, "T must be"),
+    ("T", "hot", "T must be"),
+    ("alpha", 1.5, "alpha must be a number in [0, 1]"),
+    ("alpha", -0.1, "alpha must be"),
+    ("teacher.epochs", 0, "teacher.epochs must be an integer >= 1"),
+    ("distill.epochs", 2.5, "distill.epochs must be an integer >= 1"),
+    ("student.epochs", True, "student.epochs must be an integer"),
+    ("dataset", "imagenet", "dataset must be one of fashion-mnist, mnist, cifar10, cifar100, digits"),
+    ("teacher.arch", "vgg16", "teacher.arch must be auto or an architecture"),
+    ("student.arch", "mlp:0", "student.arch must be auto or an architecture"),
+    ("teacher.lr", 0, "teacher.lr must be"),
+    ("student.dropout", 1.0, "student.dropout must be"),
+    ("distill.flip", "yes", "distill.flip must be true or false"),
+    ("data.val_fraction", 0.9, "data.val_fraction must be"),
+    ("seed", -3, "seed must be an integer >= 0"),
+    ("teacher.epoch", 3, "teacher.epoch is not a known key; allowed: arch,"),
+    ("temperature", 3, "temperature is not a known key"),
+    ("distill.arch", "mlp:10", "distill.arch is not a known key"),
+    ("teacher.lr", _DELETE, "teacher.lr is missing"),
+    ("alpha", _DELETE, "alpha is missing"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_bad_value_is_refused_with_its_key(key, value, message):
+    raw = tiny_params()
+    _set(raw, key, value)
+    with pytest.raises(ParamsError) as err:
+        validate(raw)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("stage", ["download", "teacher", "student", "soft_targets", "distill",
+                                   "report"])
+def test_stage_exits_2_before_touching_anything(stage, workdir, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("KD_TRACKING", "off")
+    raw = tiny_params()
+    raw["teacher"]["epochs"] = 0
+    write_params(workdir, raw)
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(f"stages.{stage}").main([])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "teacher.epochs must be an integer >= 1" in err
+    assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]  # nothing written
+
+
+def test_missing_or_broken_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="no such params file"):
+        load(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("T: [1,\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load(tmp_path / "bad.yaml")

@@ -1,0 +1,150 @@
+"""Raw dataset files: real formats generated here, read by the real loaders, checksums enforced."""
+
+import gzip
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets as tvd
+
+from kd import sources
+from kd.sources import CorruptFile, DataError, fetch, parse_idx, read_cifar_folder, read_idx_folder
+
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX format: 0x00 0x00, type 0x08 (ubyte), ndim, big-endian dims, then the data."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def make_idx_folder(folder, n_train=20, n_test=10, gz=True, dotted=False):
+    """Write an MNIST-format folder; return {name: sha256 of the decompressed file}."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        IDX_NAMES[0]: rng.integers(0, 256, (n_train, 28, 28)),
+        IDX_NAMES[1]: rng.integers(0, 10, n_train),
+        IDX_NAMES[2]: rng.integers(0, 256, (n_test, 28, 28)),
+        IDX_NAMES[3]: rng.integers(0, 10, n_test),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    sums = {}
+    for name, arr in arrays.items():
+        data = idx_bytes(arr)
+        sums[name] = hashlib.sha256(data).hexdigest()
+        fname = name.replace("-idx", ".idx") if dotted else name
+        if gz:
+            (folder / (fname + ".gz")).write_bytes(gzip.compress(data))
+        else:
+            (folder / fname).write_bytes(data)
+    return arrays, sums
+
+
+@pytest.mark.parametrize("gz,dotted", [(True, False), (False, False), (True, True), (False, True)])
+def test_idx_folder_read_in_every_spelling(tmp_path, gz, dotted):
+    arrays, sums = make_idx_folder(tmp_path, gz=gz, dotted=dotted)
+    raw = read_idx_folder(tmp_path, sums)
+    assert raw.train_x.shape == (20, 1, 28, 28) and raw.train_x.dtype == torch.uint8
+    assert raw.test_y.dtype == torch.int64
+    np.testing.assert_array_equal(raw.train_x[:, 0].numpy(), arrays[IDX_NAMES[0]])
+    np.testing.assert_array_equal(raw.test_y.numpy(), arrays[IDX_NAMES[3]])
+
+
+def test_recompressed_copy_passes_because_the_content_is_checked(tmp_path):
+    _, sums = make_idx_folder(tmp_path)
+    name = tmp_path / (IDX_NAMES[0] + ".gz")
+    name.write_bytes(gzip.compress(gzip.decompress(name.read_bytes()), compresslevel=1, mtime=123))
+    read_idx_folder(tmp_path, sums)
+
+
+def test_wrong_checksum_is_refused_naming_the_file(tmp_path):
+    _, sums = make_idx_folder(tmp_path)
+    sums[IDX_NAMES[1]] = "0" * 64
+    with pytest.raises(CorruptFile, match="train-labels-idx1-ubyte.gz: sha256 of its content"):
+        read_idx_folder(tmp_path, sums)
+
+
+def test_truncated_idx_is_refused():
+    with pytest.raises(ValueError, match="header says"):
+        parse_idx(idx_bytes(np.zeros((3, 4, 4)))[:-5])
+
+
+def test_corrupt_local_copy_stops_the_search(tmp_path, monkeypatch):
+    _, sums = make_idx_folder(tmp_path / "mnist")
+    monkeypatch.setitem(sources.IDX_SHA256, "mnist", {k: "f" * 64 for k in sums})
+    with pytest.raises(CorruptFile):
+        fetch("mnist", str(tmp_path / "mnist"), tmp_path / "cache")
+
+
+def test_fetch_uses_the_local_folder(tmp_path, monkeypatch):
+    _, sums = make_idx_folder(tmp_path / "mine")
+    monkeypatch.setitem(sources.IDX_SHA256, "mnist", sums)
+    raw = fetch("mnist", str(tmp_path / "mine"), tmp_path / "cache")
+    assert raw.source == str(tmp_path / "mine") and raw.classes == tuple("0123456789")
+
+
+def test_no_source_error_lists_what_was_tried_and_how_to_get_it(tmp_path, monkeypatch):
+    def offline(*a, **k):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(sources, "_download", offline)
+    with pytest.raises(DataError) as err:
+        fetch("mnist", str(tmp_path / "missing"), tmp_path / "cache")
+    msg = str(err.value)
+    assert "missing (no such folder)" in msg and "torchvision download" in msg
+    assert "set data.root" in msg and "\n" not in msg
+
+
+# --- CIFAR -------------------------------------------------------------------------------------
+
+
+def make_cifar_folder(folder, cls, n_per_batch=6):
+    """Write torchvision's CIFAR pickle batches; return {file: md5} as the class lists them."""
+    base = folder / cls.base_folder
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label_key = "labels" if cls is tvd.CIFAR10 else "fine_labels"
+    classes = 10 if cls is tvd.CIFAR10 else 100
+    md5s = {}
+
+    def write(name, obj):
+        data = pickle.dumps(obj)
+        (base / name).write_bytes(data)
+        md5s[name] = hashlib.md5(data).hexdigest()
+
+    for name, _ in cls.train_list + cls.test_list:
+        write(name, {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                     label_key: rng.integers(0, classes, n_per_batch).tolist()})
+    write(cls.meta["filename"], {cls.meta["key"]: [f"class{i}" for i in range(classes)]})
+    return md5s
+
+
+@pytest.mark.parametrize("cls", [tvd.CIFAR10, tvd.CIFAR100])
+def test_cifar_pickles_read_with_md5_verification(tmp_path, monkeypatch, cls):
+    md5s = make_cifar_folder(tmp_path, cls)
+    # Point the class's checksum lists at the files we generated (the real ones are for the real data).
+    monkeypatch.setattr(cls, "train_list", [[n, md5s[n]] for n, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[n, md5s[n]] for n, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5s[cls.meta["filename"]]})
+    raw = read_cifar_folder(tmp_path, cls, tmp_path / "scratch")
+    n_train = 6 * len(cls.train_list)
+    assert raw.train_x.shape == (n_train, 3, 32, 32) and raw.test_x.shape == (6, 3, 32, 32)
+    assert len(raw.classes) == (10 if cls is tvd.CIFAR10 else 100)
+    # The batch rows are channel-major 32x32 planes: the first row's first 1024 bytes are red.
+    first = pickle.loads((tmp_path / cls.base_folder / cls.train_list[0][0]).read_bytes())
+    np.testing.assert_array_equal(raw.train_x[0, 0].flatten().numpy(), first["data"][0][:1024])
+
+
+def test_cifar_with_the_real_checksums_refuses_other_content(tmp_path):
+    make_cifar_folder(tmp_path, tvd.CIFAR10)
+    with pytest.raises(CorruptFile, match="data_batch_1: md5 of its content"):
+        read_cifar_folder(tmp_path, tvd.CIFAR10, tmp_path / "scratch")
+
+
+def test_digits_are_bundled():
+    raw = fetch("digits", None, None)
+    assert raw.train_x.shape == (1500, 1, 8, 8) and raw.test_x.shape == (297, 1, 8, 8)
+    assert int(raw.train_x.max()) == 255 and raw.train_x.dtype == torch.uint8
