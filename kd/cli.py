@@ -26,10 +26,13 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 
 def params_or_exit(path: str) -> Params:
     try:
-        return load(path)
+        p = load(path)
     except ParamsError as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if p.raw["preset"] != "none":
+        print(f"preset {p.raw['preset']} applied (presets.yaml); T={p.T:g}, alpha={p.alpha:g}")
+    return p
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from kd.archs import ARCH_HELP, parse_arch
 from kd.errors import PipelineError
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits")
+NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10}
 
 
 class ParamsError(PipelineError):
@@ -68,6 +69,20 @@ def _choice(key: str, v: Any, allowed: tuple[str, ...]) -> str:
     return v
 
 
+def _classes(key: str, v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                          for c in v):
+        raise ParamsError(f"{key} must be a list of class indices, e.g. [3] or [] (got {v!r})")
+    return tuple(sorted(set(v)))
+
+
+def _bias(key: str, v: Any) -> float | str:
+    if v == "auto":
+        return v
+    return _float(key, v, 0, INF) if not isinstance(v, str) else _type_error(
+        key, v, "auto or a number >= 0")
+
+
 def _arch(key: str, v: Any) -> str:
     if v == "auto":
         return v
@@ -96,6 +111,13 @@ MODEL_KEYS = {
     "input_dropout": lambda k, v: _float(k, v, 0, 1, hi_open=True),
     "dropout": lambda k, v: _float(k, v, 0, 1, hi_open=True),
     "max_norm": lambda k, v: _float(k, v, 0, INF),
+}
+# The paper's transfer-set experiments (section 3): which training images the student learns from.
+TRANSFER_KEYS = {
+    "omit_classes": _classes,
+    "keep_classes": _classes,
+    "fraction": lambda k, v: _float(k, v, 0, 1, lo_open=True),
+    "bias_correction": _bias,
 }
 DATA_KEYS = {
     "root": lambda k, v: v if v is None or isinstance(v, str) else _type_error(k, v, "a path"),
@@ -129,6 +151,14 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    omit_classes: tuple[int, ...]
+    keep_classes: tuple[int, ...]
+    fraction: float
+    bias_correction: float | str  # a shift for classes missing from the transfer set, or "auto"
+
+
+@dataclass(frozen=True)
 class Data:
     root: str | None
     val_fraction: float
@@ -147,7 +177,8 @@ class Params:
     student_model: Model
     student: Train
     distill: Train
-    raw: dict  # the validated file as read, for logging to MLflow
+    transfer: Transfer
+    raw: dict  # the validated values (preset applied), for logging to MLflow
 
     def section(self, name: str) -> dict:
         """The raw params a stage depends on, for MLflow (flattened there)."""
@@ -167,7 +198,26 @@ def _section(raw: dict, name: str, schema: dict) -> dict:
     return {k: check(f"{name}.{k}", sec[k]) for k, check in schema.items()}
 
 
-TOP_KEYS = ("dataset", "seed", "T", "alpha", "data", "teacher", "student", "distill")
+TOP_KEYS = ("dataset", "preset", "seed", "T", "alpha", "data", "teacher", "student", "distill")
+PRESETS_FILE = Path(__file__).resolve().parents[1] / "presets.yaml"
+
+
+def apply_preset(raw: dict, presets: dict) -> dict:
+    """Overlay the named preset (raw["preset"]) on a params mapping; `none` changes nothing."""
+    name = raw.get("preset", "none")
+    if name == "none":
+        return raw
+    if name not in presets:
+        raise ParamsError(f"preset must be one of none, {', '.join(presets)} (got {name!r})")
+    preset = dict(presets[name])
+    datasets = preset.pop("datasets")
+    if raw.get("dataset") not in datasets:
+        raise ParamsError(f"preset {name} is made for dataset {' or '.join(datasets)} "
+                          f"(dataset is {raw.get('dataset')!r}); set dataset too")
+    out = dict(raw)
+    for key, value in preset.items():
+        out[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
 
 
 def validate(raw: Any) -> Params:
@@ -181,6 +231,7 @@ def validate(raw: Any) -> Params:
         if k not in raw:
             raise ParamsError(f"{k} is missing from params.yaml")
     dataset = _choice("dataset", raw["dataset"], DATASETS)
+    raw = apply_preset(raw, yaml.safe_load(PRESETS_FILE.read_text()))
     seed = _int("seed", raw["seed"], 0)
     T = _float("T", raw["T"], 0, INF, lo_open=True)
     alpha = _float("alpha", raw["alpha"], 0, 1)
@@ -190,9 +241,21 @@ def validate(raw: Any) -> Params:
         sec = _section(raw, role, MODEL_KEYS | TRAIN_KEYS)
         nets[role + "_model"] = Model(**{k: sec[k] for k in MODEL_KEYS})
         nets[role] = Train(**{k: sec[k] for k in TRAIN_KEYS})
-    distill = Train(**_section(raw, "distill", TRAIN_KEYS))
+    sec = _section(raw, "distill", TRAIN_KEYS | TRANSFER_KEYS)
+    distill = Train(**{k: sec[k] for k in TRAIN_KEYS})
+    transfer = Transfer(**{k: sec[k] for k in TRANSFER_KEYS})
+    _check_classes(transfer, NUM_CLASSES[dataset])
     return Params(dataset=dataset, seed=seed, T=T, alpha=alpha, data=data, distill=distill,
-                  raw=raw, **nets)
+                  transfer=transfer, raw=raw, **nets)
+
+
+def _check_classes(t: Transfer, n: int) -> None:
+    for key, classes in (("omit_classes", t.omit_classes), ("keep_classes", t.keep_classes)):
+        if any(c >= n for c in classes):
+            raise ParamsError(f"distill.{key} must hold class indices 0..{n - 1} (got {list(classes)})")
+    left = set(t.keep_classes or range(n)) - set(t.omit_classes)
+    if not left:
+        raise ParamsError("distill.omit_classes and distill.keep_classes leave no class to train on")
 
 
 def load(path: str | Path = "params.yaml") -> Params:

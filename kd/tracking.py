@@ -134,6 +134,7 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None
     if os.environ.get("KD_TRACKING", "").lower() == "off":
         yield NullRun()
         return
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a stage
     import mlflow
 
     exp_id = _experiment_id(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))

@@ -55,8 +55,13 @@ def history_csv(history: list[dict]) -> str:
 def train_and_record(stage: str, p: Params, data: Dataset, model: nn.Module, arch: str,
                      model_cfg: Model, train_cfg: Train, loss_fn: loop.LossFn, out: Outputs,
                      run_params: dict, tags: dict | None = None,
+                     after_fit: Callable[[nn.Module], dict] | None = None,
                      extra_metrics: Callable[[torch.Tensor], dict] | None = None) -> dict:
-    """Train `model`, then write the stage's outputs and its MLflow run; returns final metrics."""
+    """Train `model`, then write the stage's outputs and its MLflow run; returns final metrics.
+
+    `after_fit(model)` may adjust the trained model (bias correction) and returns metrics;
+    `extra_metrics(test_logits)` adds metrics computed from the final model's test logits.
+    """
     n_params = models.count_params(model)
     print(f"{stage}: {arch} ({n_params:,} parameters) on {data.name}: {len(data.train):,} train, "
           f"{len(data.val):,} val, {len(data.test):,} test images, {train_cfg.epochs} epochs, "
@@ -64,6 +69,7 @@ def train_and_record(stage: str, p: Params, data: Dataset, model: nn.Module, arc
     with tracking.stage_run(stage, p.dataset, run_params, tags) as run:
         fit = loop.fit(model, data, train_cfg, loss_fn, seed=p.seed, max_norm=model_cfg.max_norm,
                        log=run.log_metrics, label=stage)
+        adjusted = after_fit(model) if after_fit else {}
         test_logits = loop.predict(model, data.test, data)
         val_logits = loop.predict(model, data.val, data)
         final = {
@@ -74,6 +80,7 @@ def train_and_record(stage: str, p: Params, data: Dataset, model: nn.Module, arc
             "best_epoch": fit.best_epoch,
             "train_seconds": fit.train_seconds,
             "samples_per_s": sum(h["samples_per_s"] for h in fit.history) / len(fit.history),
+            **adjusted,
             **(extra_metrics(test_logits) if extra_metrics else {}),
         }
         per_class = metrics.per_class_errors(test_logits, data.test.y, data.num_classes)

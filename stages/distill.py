@@ -7,6 +7,10 @@ images the teacher saw when the soft targets were cached, so the cached logits a
 augmentation, cached logits would be for other pixels: the teacher then runs (eval mode,
 no_grad) on the very same augmented batch as the student.
 
+The transfer set can leave classes out, keep only some, or use a fraction of the training split
+(distill.omit_classes, keep_classes, fraction; Hinton et al. section 3); classes it lacks get
+the bias correction (distill.bias_correction, a number or auto: chosen on validation).
+
 Reads params: dataset, seed, T, alpha, distill.* (training), student.* (the network). Writes
 model/distilled.pt, metrics/distilled.json, plots/distilled.csv and one MLflow run that records
 the teacher's run id. Run: python -m stages.distill
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from kd import cli, data, device, metrics, training
+from kd import cli, data, device, metrics, training, transfer
 from kd.archs import resolve_arch
 from kd.losses import distillation_loss
 
@@ -43,6 +47,14 @@ def main(argv: list[str] | None = None) -> None:
         if soft["dataset"] != p.dataset or len(soft["train"]) != len(ds.train):
             raise FileNotFoundError(f"{args.soft_targets}: soft targets are for another dataset "
                                     f"({soft['dataset']}); run the soft_targets stage first")
+        # The transfer set: all of train by default, or the paper's omitted/kept classes, fraction.
+        t = p.transfer
+        subset = transfer.transfer_indices(ds.train.y, t.omit_classes, t.keep_classes, t.fraction,
+                                           p.seed).to(dev)
+        missing = transfer.absent_classes(ds.train.y, subset, ds.num_classes)
+        cached = soft["train"][subset]
+        ds.train = data.Split(ds.train.x[subset], ds.train.y[subset])
+
         online = p.distill.shift > 0 or p.distill.flip
         if online:
             teacher, _ = training.load_checkpoint(args.teacher, dev)
@@ -53,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                     return teacher(x).float()
         else:
             def teacher_logits(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                return soft["train"][idx]
+                return cached[idx]
 
         arch = resolve_arch(p.student_model.arch, p.dataset, "student")
         model = training.build_model(arch, p.student_model, ds)
@@ -67,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                         "student.arch_resolved": arch},
             tags={"teacher_run_id": soft["teacher_run_id"],
                   "soft_targets": "online" if online else "cached"},
+            after_fit=lambda m: {"transfer_images": len(subset),
+                                 **transfer.correct_bias(m, ds, missing, t.bias_correction)},
             extra_metrics=lambda test_logits: {
                 "agreement": metrics.agreement(test_logits, soft["test"])})
 

@@ -18,11 +18,12 @@ TINY_MODEL = {"arch": "auto", "input_dropout": 0.0, "dropout": 0.0, "max_norm": 
 def tiny_params() -> dict:
     """A complete, valid params mapping that trains in a second on digits."""
     return copy.deepcopy({
-        "dataset": "digits", "seed": 0, "T": 4, "alpha": 0.9,
+        "dataset": "digits", "preset": "none", "seed": 0, "T": 4, "alpha": 0.9,
         "data": {"root": None, "val_fraction": 0.1, "split_seed": 0},
         "teacher": {**TINY_MODEL, **TINY_TRAIN},
         "student": {**TINY_MODEL, **TINY_TRAIN},
-        "distill": dict(TINY_TRAIN),
+        "distill": {**TINY_TRAIN, "omit_classes": [], "keep_classes": [], "fraction": 1.0,
+                    "bias_correction": "auto"},
     })
 
 

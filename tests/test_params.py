@@ -90,3 +90,61 @@ def test_missing_or_broken_params_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("T: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load(tmp_path / "bad.yaml")
+
+
+def test_preset_overlays_its_keys_and_keeps_the_rest():
+    raw = tiny_params()
+    raw.update(dataset="fashion-mnist", preset="hinton-mnist")
+    raw["teacher"]["batch_size"] = 77
+    p = validate(raw)
+    assert p.T == 20.0 and p.teacher_model.arch == "mlp:1200-1200" and p.teacher.shift == 2
+    assert p.teacher_model.max_norm == pytest.approx(15 ** 0.5, abs=1e-3)
+    assert p.student_model.arch == "mlp:800-800" and p.student_model.dropout == 0.0
+    assert p.teacher.batch_size == 77  # not in the preset: params.yaml's value stays
+    assert p.raw["T"] == 20  # what MLflow records is the effective value
+
+
+def test_every_shipped_preset_is_valid_for_its_datasets():
+    import yaml
+
+    from kd.params import PRESETS_FILE
+
+    for name, preset in yaml.safe_load(PRESETS_FILE.read_text()).items():
+        for ds in preset["datasets"]:
+            raw = tiny_params()
+            raw.update(dataset=ds, preset=name)
+            validate(raw)
+
+
+@pytest.mark.parametrize("preset,dataset,message", [
+    ("paper", "mnist", "preset must be one of none, hinton-mnist, cifar100-resnet"),
+    ("cifar100-resnet", "fashion-mnist", "preset cifar100-resnet is made for dataset cifar100 or"),
+])
+def test_bad_preset_is_refused(preset, dataset, message):
+    raw = tiny_params()
+    raw.update(preset=preset, dataset=dataset)
+    with pytest.raises(ParamsError, match=message):
+        validate(raw)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("omit_classes", [10], "distill.omit_classes must hold class indices 0..9"),
+    ("omit_classes", "3", "distill.omit_classes must be a list of class indices"),
+    ("keep_classes", [-1], "distill.keep_classes must be a list of class indices"),
+    ("fraction", 0, "distill.fraction must be a number in (0, 1]"),
+    ("bias_correction", "big", "distill.bias_correction must be auto or a number >= 0"),
+    ("bias_correction", -1, "distill.bias_correction must be a number in [0, inf]"),
+])
+def test_bad_transfer_settings(key, value, message):
+    raw = tiny_params()
+    raw["distill"][key] = value
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        validate(raw)
+
+
+def test_transfer_set_must_keep_a_class():
+    raw = tiny_params()
+    raw["distill"].update(keep_classes=[3], omit_classes=[3])
+    with pytest.raises(ParamsError, match="leave no class"):
+        validate(raw)

@@ -63,7 +63,7 @@ def test_metrics_files_share_keys(pipeline):
     m = {n: json.loads((folder / f"metrics/{n}.json").read_text())
          for n in ("teacher", "student", "distilled")}
     assert set(m["teacher"]) == set(m["student"]) == SAME_KEYS
-    assert set(m["distilled"]) == SAME_KEYS | {"agreement"}
+    assert set(m["distilled"]) == SAME_KEYS | {"agreement", "transfer_images", "bias_correction"}
     for v in m.values():
         assert 0 <= v["test_acc"] <= 1 and v["test_errors"] == sum(v["test_errors_per_class"])
         assert v["test_errors"] == round((1 - v["test_acc"]) * 297)

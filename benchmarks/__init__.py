@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline's speed and overheads; run `python benchmarks/throughput.py --help`."""

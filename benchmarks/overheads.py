@@ -1,0 +1,124 @@
+"""The pipeline's costs around training: start-up, data, MLflow, the stages and DVC itself.
+
+Stages and DVC run as child processes, in temporary folders, never in the project's own tree:
+the project's data/, model/ and MLflow store are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import PYTHON, ROOT, Child, child_env, env_vars, progress, run_child
+
+STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
+# What a temporary copy of the project needs to run `dvc repro` (as tests/test_pipeline_e2e.py).
+PROJECT_FILES = ("kd", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore",
+                 ".dvcignore", ".gitignore", "pyproject.toml")
+
+
+def startup_seconds(commands: dict[str, list[str]], repeats: int) -> dict[str, float]:
+    """Fastest wall time of each command as a fresh process (warm disk cache). The minimum, not
+    the median: start-up is a fixed cost, and a neighbour's load only ever adds to it."""
+    env = child_env()
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, cmd in commands.items():  # in turns, like the training comparisons
+            times[name].append(run_child(cmd, ROOT, env).seconds)
+    return {name: min(t) for name, t in times.items()}
+
+
+def startup_commands(quick: bool) -> dict[str, list[str]]:
+    cmds = {"python -c pass": [PYTHON, "-c", "pass"],
+            "import torch": [PYTHON, "-c", "import torch"],
+            "import mlflow": [PYTHON, "-c", "import mlflow"]}
+    for stage in ("teacher",) if quick else STAGES:
+        cmds[f"stages.{stage} --help"] = [PYTHON, "-m", f"stages.{stage}", "--help"]
+    return cmds
+
+
+def workspace_params(dataset: str, data_root: str | None, epochs: int, **top) -> dict:
+    """The project's params.yaml for another dataset, with every stage's epochs set (0: kept)."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["dataset"] = dataset
+    p["data"]["root"] = data_root if dataset == "fashion-mnist" else None
+    for section in ("teacher", "student", "distill"):
+        if epochs > 0:
+            p[section]["epochs"] = epochs
+    p.update(top)
+    return p
+
+
+def mlflow_costs(epoch_row: dict, calls: int) -> tuple[float, float]:
+    """(seconds to open a stage's run on a new SQLite store, median seconds of one epoch's
+    log_metrics), through kd.tracking as the stages use it."""
+    from kd import tracking
+
+    with tempfile.TemporaryDirectory() as tmp, env_vars(
+            MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MLFLOW_DISABLE_TELEMETRY="true",
+            KD_TRACKING="on"), ExitStack() as stack:
+        t0 = time.perf_counter()
+        run = stack.enter_context(tracking.stage_run("bench", "bench", {"seed": 0}))
+        setup = time.perf_counter() - t0
+        times = []
+        for step in range(1, calls + 1):
+            t0 = time.perf_counter()
+            run.log_metrics(epoch_row, step)
+            times.append(time.perf_counter() - t0)
+    return setup, statistics.median(times)
+
+
+def run_stages(dataset: str, data_root: str | None, epochs: int) -> dict[str, Child]:
+    """Each stage as `python -m stages.X` in DAG order, in a temporary folder, tracked in a
+    temporary MLflow store: wall time and the child's own peak RSS."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp)
+        (ws / "params.yaml").write_text(yaml.safe_dump(workspace_params(dataset, data_root, epochs)))
+        env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{ws / 'mlflow.db'}")
+        for stage in STAGES:
+            progress(f"stage {stage} on {dataset}")
+            results[stage] = run_child([PYTHON, "-m", f"stages.{stage}"], ws, env)
+    return results
+
+
+def copy_project(dst: Path) -> None:
+    for rel in PROJECT_FILES:
+        src = ROOT / rel
+        if src.is_dir():
+            shutil.copytree(src, dst / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def dvc_overheads(dataset: str, data_root: str | None, epochs: int) -> dict[str, float]:
+    """In a temporary git copy of the project: a full `dvc repro`, a `dvc repro` with nothing to
+    do, and `dvc exp run -S T=4` from a T=2 baseline, with the distill stage's training seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        copy_project(repo)
+        params = workspace_params(dataset, data_root, epochs, T=2)
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = child_env()
+        sh = lambda *cmd: run_child(list(cmd), repo, env)  # noqa: E731
+        sh("git", "init", "-q", "-b", "main")
+        sh("git", "add", "-A")
+        sh("git", "commit", "-qm", "project")
+        progress(f"dvc repro (full, {dataset})")
+        full = sh("dvc", "repro").seconds
+        sh("git", "add", "-A")
+        sh("git", "commit", "-qm", "baseline")
+        progress("dvc repro (nothing to do)")
+        noop = sh("dvc", "repro").seconds
+        progress("dvc exp run -S T=4")
+        exp = sh("dvc", "exp", "run", "-S", "T=4").seconds
+        distill = json.loads((repo / "metrics/distilled.json").read_text())["train_seconds"]
+    return {"full": full, "noop": noop, "exp": exp, "distill_train": distill}

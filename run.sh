@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: installs what is missing, then runs the pipeline or tests.
+#
+#   bash run.sh pipeline   # uv + locked deps + Fashion-MNIST (Debian package), then `dvc repro`
+#   bash run.sh tests      # uv + locked deps, then the test suite
+#
+# Extra arguments go to the command: `bash run.sh tests -k losses`, `bash run.sh pipeline teacher`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Keep the tools from calling home (there may be no network beyond the package registries).
+export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true
+
+need_uv() {
+  if ! command -v uv >/dev/null 2>&1; then
+    echo "run.sh: installing uv with pip" >&2
+    python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv
+    export PATH="$HOME/.local/bin:$PATH"
+  fi
+  uv sync --frozen --python 3.11
+}
+
+need_fashion_mnist() {
+  # The Debian/Ubuntu package puts the four IDX files in /usr/share/datasets/fashion-mnist.
+  [ -d /usr/share/datasets/fashion-mnist ] && return 0
+  command -v apt-get >/dev/null 2>&1 || return 0  # elsewhere the download stage says what to do
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "run.sh: installing the Debian package dataset-fashion-mnist" >&2
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist
+}
+
+case "${1:-}" in
+  pipeline) shift; need_uv; need_fashion_mnist; uv run dvc repro "$@" ;;
+  tests)    shift; need_uv; uv run pytest "$@" ;;
+  *) echo "usage: bash run.sh pipeline|tests [args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,53 @@
+"""dvc.yaml is the wiring diagram: every stage must list each local module it imports, or a code
+change would not rerun it (DESIGN.md, known traps)."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def local_imports(path: Path, seen: set[Path] | None = None) -> set[Path]:
+    """The project's own modules that `path` imports, transitively (paths relative to ROOT)."""
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            candidate = ROOT / (name.replace(".", "/") + ".py")
+            if candidate.is_file() and candidate.name != "__init__.py":
+                rel = candidate.relative_to(ROOT)
+                if rel not in seen:
+                    seen.add(rel)
+                    local_imports(candidate, seen)
+    return seen
+
+
+def test_every_stage_depends_on_its_script_and_everything_it_imports():
+    for name, stage in DVC["stages"].items():
+        script = Path(f"stages/{name}.py")
+        assert stage["cmd"].startswith(f"python -m stages.{name}")
+        needed = {script} | local_imports(ROOT / script)
+        code_deps = {Path(d) for d in stage["deps"] if str(d).endswith(".py")}
+        assert code_deps == needed, (
+            f"{name}: missing {sorted(map(str, needed - code_deps))}, "
+            f"extra {sorted(map(str, code_deps - needed))}")
+
+
+def test_T_changes_only_distill_and_report():
+    uses_T = {n for n, s in DVC["stages"].items() if "T" in s.get("params", [])}
+    assert uses_T == {"distill", "report"}
+
+
+def test_metrics_and_plots_are_git_tracked_not_cached():
+    for stage in DVC["stages"].values():
+        for entry in stage.get("metrics", []) + stage.get("plots", []):
+            (path, opts), = entry.items()
+            assert opts == {"cache": False}, path
