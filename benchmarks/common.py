@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,8 +76,10 @@ def sync(dev: torch.device) -> None:
 
 
 def interleaved(fns: dict[str, Callable[[int], float]], batches: int, warmup: int,
-                repeats: int) -> dict[str, float]:
-    """Median of `repeats` results of each fn(batches), the fns taking turns; fn(warmup) first."""
+                repeats: int) -> dict[str, list[float]]:
+    """Each fn(batches) once per round, the fns taking turns, after fn(warmup) each; returns
+    every round's results. Compare contenders round by round (see `per_round`): results taken
+    seconds apart share the machine's load, results taken minutes apart need not."""
     for name, fn in fns.items():
         progress(f"warm-up: {name}")
         fn(warmup)
@@ -86,24 +87,14 @@ def interleaved(fns: dict[str, Callable[[int], float]], batches: int, warmup: in
     for r in range(repeats):
         for name, fn in fns.items():
             results[name].append(fn(batches))
-        progress(f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in
+        progress(f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in
                                                             results.items()))
-    return {name: statistics.median(v) for name, v in results.items()}
+    return results
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, dev: torch.device | None = None) -> float:
-    """Median wall time of fn() over `repeats` calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if dev is not None:
-            sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        if dev is not None:
-            sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def per_round(a: list[float], b: list[float]) -> list[float]:
+    """a / b for each round."""
+    return [x / y for x, y in zip(a, b, strict=True)]
 
 
 @contextlib.contextmanager

@@ -4,11 +4,14 @@ optimiser step, and evaluation throughput (kd.loop.predict against a DataLoader 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks.common import median_seconds
+from benchmarks.common import sync
 from benchmarks.loops import Role, Setup, build, subset
 from kd import device as devices
 from kd import loop
@@ -24,9 +27,10 @@ def layer_shapes(arch: str, in_features: int, classes: int) -> list[tuple[int, i
     return list(zip(sizes[:-1], sizes[1:], strict=True))
 
 
-def gemm_rate(dev: torch.device, batch: int, shapes: list[tuple[int, int]], iters: int,
-              repeats: int) -> float:
-    """FLOP/s of the GEMMs one training step of these layers does, and nothing else.
+def gemm_rate(dev: torch.device, batch: int, shapes: list[tuple[int, int]]
+              ) -> Callable[[int], float]:
+    """FLOP/s of the GEMMs one training step of these layers does, and nothing else, over
+    `iters` steps.
 
     Per Linear(in, out) on a batch B, in the orientation nn.Linear uses: forward X @ W^T, backward
     dY @ W (input gradient) and dY^T @ X (weight gradient): 3 x 2*B*in*out FLOPs. Under the
@@ -35,19 +39,23 @@ def gemm_rate(dev: torch.device, batch: int, shapes: list[tuple[int, int]], iter
     g = torch.Generator(device=dev).manual_seed(0)
     mats = [(torch.randn(o, i, generator=g, device=dev), torch.randn(batch, i, generator=g, device=dev),
              torch.randn(batch, o, generator=g, device=dev)) for i, o in shapes]
+    flops_per_step = sum(6 * batch * i * o for i, o in shapes)
 
-    def step() -> None:
+    def run(iters: int) -> float:
+        sync(dev)
+        t0 = time.perf_counter()
         with devices.autocast(dev):
             for _ in range(iters):
                 for w, x, dy in mats:
                     torch.mm(x, w.t())
                     torch.mm(dy, w)
                     torch.mm(dy.t(), x)
-    flops = iters * sum(6 * batch * i * o for i, o in shapes)
-    return flops / median_seconds(step, repeats, dev)
+        sync(dev)
+        return iters * flops_per_step / (time.perf_counter() - t0)
+    return run
 
 
-def optimizer_step_ms(s: Setup, r: Role, iters: int, repeats: int, **sgd_kw) -> float:
+def optimizer_step_ms(s: Setup, r: Role, **sgd_kw) -> Callable[[int], float]:
     """Milliseconds of one SGD step (the loop's settings) over the model's parameters."""
     model = build(s, r).train()
     opt = torch.optim.SGD(model.parameters(), lr=r.train.lr, momentum=r.train.momentum,
@@ -55,22 +63,33 @@ def optimizer_step_ms(s: Setup, r: Role, iters: int, repeats: int, **sgd_kw) -> 
     x = torch.zeros((r.train.batch_size, *s.ds.in_shape), device=s.dev)
     F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long, device=s.dev)).backward()
 
-    def steps() -> None:
+    def run(iters: int) -> float:
+        sync(s.dev)
+        t0 = time.perf_counter()
         for _ in range(iters):
             opt.step()
-    return 1000 * median_seconds(steps, repeats, s.dev) / iters
+        sync(s.dev)
+        return 1000 * (time.perf_counter() - t0) / iters
+    return run
 
 
-def eval_rates(s: Setup, r: Role, n: int, repeats: int, batches: tuple[int, ...]
-               ) -> dict[str, float]:
-    """Test-split samples/s of kd.loop.predict at each batch size, and of a DataLoader loop
-    (batch 1000, as pytorch/examples' mnist does) as the usual way."""
+def eval_rates(s: Setup, r: Role, n: int, batches: tuple[int, ...]
+               ) -> dict[str, Callable[[int], float]]:
+    """Contenders for test-split samples/s: kd.loop.predict at each batch size, and a DataLoader
+    loop (batch 1000, as pytorch/examples' mnist does) as the usual way. Each call scores the
+    first n test images once (the argument is unused: an evaluation is one pass)."""
     model = build(s, r).eval()
     data = subset(s.ds, 1, n)
-    rates = {f"predict@{b}": n / median_seconds(lambda b=b: loop.predict(model, data.test, data, b),
-                                                repeats, s.dev)
-             for b in batches}
     tv_test = torch.utils.data.Subset(s.tv_test, range(n))
+
+    def timed(fn: Callable[[], object]) -> Callable[[int], float]:
+        def run(_: int) -> float:
+            sync(s.dev)
+            t0 = time.perf_counter()
+            fn()
+            sync(s.dev)
+            return n / (time.perf_counter() - t0)
+        return run
 
     @torch.no_grad()
     def usual() -> torch.Tensor:
@@ -79,5 +98,6 @@ def eval_rates(s: Setup, r: Role, n: int, repeats: int, batches: tuple[int, ...]
             with devices.autocast(s.dev):
                 outs.append(model(x.to(s.dev)).float())
         return torch.cat(outs)
-    rates["usual"] = n / median_seconds(usual, repeats, s.dev)
-    return rates
+    fns = {f"predict@{b}": timed(lambda b=b: loop.predict(model, data.test, data, b))
+           for b in batches}
+    return {**fns, "usual": timed(usual)}

@@ -205,7 +205,7 @@ def usual_inputs(s: Setup, r: Role) -> Callable[[int], float]:
     return run
 
 
-def student_epoch_row(s: loops.Setup) -> dict:
+def student_epoch_row(s: Setup) -> dict:
     """One real epoch dict as kd.loop.fit logs it (2 batches are enough to get its keys)."""
     r = role(s, "student")
     with contextlib.redirect_stdout(io.StringIO()):

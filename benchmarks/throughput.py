@@ -17,12 +17,15 @@ Measures, side by side in one run (ratios are what count on a shared machine):
 Run: python benchmarks/throughput.py [--quick] [--stages] [--pipeline]; progress goes to stderr,
 the machine and the table to stdout. The project's own data/, model/ and mlflow.db are not touched.
 """
+# ruff: noqa: E402  (the imports below need the sys.path line above them when run as a script)
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -31,15 +34,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `kd` and `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
 
-from benchmarks import compute, loops, overheads  # noqa: E402
-from benchmarks.common import GIB, Row, env_vars, interleaved, machine_lines, progress, table  # noqa: E402
-from kd import data as kd_data  # noqa: E402
-from kd import device, loop, models  # noqa: E402
-from kd.params import load as load_params  # noqa: E402
-from stages import download  # noqa: E402
+from benchmarks import compute, loops, overheads
+from benchmarks.common import GIB, Row, env_vars, interleaved, machine_lines, per_round, progress, table
+from kd import data as kd_data
+from kd import device, loop, models
+from kd.params import load as load_params
+from stages import download
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -51,9 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="training batches per timed repeat (default: 100)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed batches first (default: 10)")
     ap.add_argument("--repeats", type=int, default=5,
-                    help="timed repeats per contender; the median counts (default: 5)")
+                    help="timed rounds; in each, every contender of a comparison runs once, "
+                         "in turn; medians count (default: 5)")
     ap.add_argument("--quick", action="store_true",
-                    help="8 batches, 2 warm-up, 1 repeat, fewer start-up probes: a smoke run "
+                    help="5 batches, 1 warm-up, 1 round, fewer start-up probes: a smoke run "
                          "under a minute (numbers are rough)")
     ap.add_argument("--workers", type=int, default=0,
                     help="DataLoader workers of the usual way (default: 0, the DataLoader default)")
@@ -78,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="dataset of the --pipeline run (default: digits, seconds-fast)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.batches, args.warmup, args.repeats = 8, 2, 1
+        args.batches, args.warmup, args.repeats = 5, 1, 1
     return args
 
 
@@ -106,34 +110,36 @@ def prepare(ws: Path, args: argparse.Namespace, dev: torch.device) -> tuple[loop
     return setup, rows
 
 
-def ratio_row(name: str, pipe: float, ref: float, unit: str, target: float | None = None,
-              at_least: bool = True, ratio: float | None = None) -> Row:
-    ratio = pipe / ref if ratio is None else ratio
-    met = None if target is None else (ratio >= target if at_least else ratio <= target)
+def ratio_row(name: str, pipe: list[float], ref: list[float], unit: str,
+              target: float | None = None, at_least: bool = True,
+              ratios: list[float] | None = None) -> Row:
+    """Medians of both sides; the ratio is the median of the per-round ratios, with their range."""
+    ratios = per_round(pipe, ref) if ratios is None else ratios
+    r = statistics.median(ratios)
+    spread = f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ""
+    met = None if target is None else (r >= target if at_least else r <= target)
     target_txt = "—" if target is None else f"{'>=' if at_least else '<='} {target:g}"
-    return Row(name, f"{pipe:,.0f} {unit}" if pipe >= 100 else f"{pipe:.3g} {unit}",
-               f"{ref:,.0f} {unit}" if ref >= 100 else f"{ref:.3g} {unit}", f"{ratio:.2f}",
-               target_txt, met)
+    return Row(name, _num(statistics.median(pipe), unit), _num(statistics.median(ref), unit),
+               f"{r:.2f}{spread}", target_txt, met)
 
 
-def training_rows(s: loops.Setup, args) -> tuple[list[Row], dict[str, float]]:
-    """Items 1 and 3: teacher and student, usual vs pipeline; distillation vs the baseline."""
-    t, st, dr = loops.role(s, "teacher"), loops.role(s, "student"), loops.distill_role(s)
+def _num(v: float, unit: str) -> str:
+    return f"{v:,.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+
+
+def training_rows(s: loops.Setup, args) -> tuple[list[Row], dict[str, list[float]]]:
+    """Items 1 and 3 (student side): usual vs pipeline; distillation vs the student baseline."""
+    st, dr = loops.role(s, "student"), loops.distill_role(s)
     cached, online = loops.distill_losses(s, max(args.batches, args.warmup))
-    progress(f"teacher {s.teacher_arch}: usual vs pipeline, {args.batches} batches of "
-             f"{t.train.batch_size}, {args.repeats} repeats")
-    tr = interleaved({"usual": loops.usual_train(s, t), "pipeline": loops.pipeline_train(s, t)},
-                     args.batches, args.warmup, args.repeats)
-    progress(f"student {s.student_arch}: usual, pipeline, distill (cached, online)")
+    progress(f"student {s.student_arch}: usual, pipeline, distill (cached, online), "
+             f"{args.batches} batches of {st.train.batch_size}, {args.repeats} rounds")
     sr = interleaved({"usual": loops.usual_train(s, st), "pipeline": loops.pipeline_train(s, st),
                       "cached": loops.pipeline_train(s, dr, cached),
                       "online": loops.pipeline_train(s, dr, online)},
                      args.batches, args.warmup, args.repeats)
     n = len(s.ds.train)
-    epoch = lambda rate: n / rate  # noqa: E731  (seconds of one training epoch at this rate)
+    epoch = lambda rates: [n / v for v in rates]  # noqa: E731  (seconds of one training epoch)
     rows = [
-        ratio_row(f"1. teacher {s.teacher_arch} training", tr["pipeline"], tr["usual"],
-                  "samples/s", 3),
         ratio_row(f"1. student {s.student_arch} training", sr["pipeline"], sr["usual"],
                   "samples/s", 3),
         ratio_row("3. distill epoch (cached soft targets) / student-baseline epoch",
@@ -141,11 +147,53 @@ def training_rows(s: loops.Setup, args) -> tuple[list[Row], dict[str, float]]:
         ratio_row("3. distill epoch (teacher online every batch) / student-baseline epoch",
                   epoch(sr["online"]), epoch(sr["pipeline"]), "s"),
     ]
-    return rows, {"teacher": tr["pipeline"], "student": sr["pipeline"],
-                  "teacher_usual": tr["usual"], "student_usual": sr["usual"]}
+    return rows, sr
 
 
-def input_rows(s: loops.Setup, rates: dict[str, float], args) -> list[Row]:
+def teacher_rows(s: loops.Setup, args) -> tuple[list[Row], dict[str, list[float]]]:
+    """Items 1 and 2: teacher usual vs pipeline, and the pipeline's FLOP rate over the GEMM rate
+    of the same layer shapes, in the same rounds; then what one step spends besides GEMMs."""
+    t = loops.role(s, "teacher")
+    bs = t.train.batch_size
+    shapes = compute.layer_shapes(s.teacher_arch, s.ds.in_shape[0] * s.ds.in_shape[1] *
+                                  s.ds.in_shape[2], s.ds.num_classes)
+    fns = {"usual": loops.usual_train(s, t), "pipeline": loops.pipeline_train(s, t),
+           "gemm": compute.gemm_rate(s.dev, bs, shapes), "opt_ms": compute.optimizer_step_ms(s, t)}
+    try:
+        fns["fused_opt_ms"] = compute.optimizer_step_ms(s, t, fused=True)
+    except (RuntimeError, TypeError):  # fused SGD is not available on every device
+        pass
+    progress(f"teacher {s.teacher_arch}: usual, pipeline, GEMMs, optimizer.step")
+    tr = interleaved(fns, args.batches, args.warmup, args.repeats)
+    n_params = models.count_params(loops.build(s, t))
+    achieved = [6 * n_params * v for v in tr["pipeline"]]
+    kind = "bf16" if s.dev.type == "cuda" else "fp32"
+    layers = "->".join(str(i) for i, _ in shapes) + f"->{shapes[-1][1]}"
+    return [ratio_row(f"1. teacher {s.teacher_arch} training", tr["pipeline"], tr["usual"],
+                      "samples/s", 3),
+            ratio_row(f"2. teacher achieved FLOP rate (6 x {n_params:,} params x samples/s) vs "
+                      f"{kind} GEMMs of {layers}, batch {bs}", [a / 1e9 for a in achieved],
+                      [g / 1e9 for g in tr["gemm"]], "GFLOP/s", 0.9),
+            step_split_row(tr, shapes, bs)], tr
+
+
+def step_split_row(tr: dict[str, list[float]], shapes: list[tuple[int, int]], bs: int) -> Row:
+    """One teacher step = GEMMs (at the reference rate of the same round) + optimizer.step + the
+    rest (bias, ReLU, dropout masks, loss, autograd bookkeeping, batch cut, schedule)."""
+    # The GEMMs training really runs: the first layer needs no input gradient.
+    flops = sum(6 * bs * i * o for i, o in shapes) - 2 * bs * shapes[0][0] * shapes[0][1]
+    step = [1000 * bs / v for v in tr["pipeline"]]
+    gemm = [1000 * flops / g for g in tr["gemm"]]
+    rest = [a - b - c for a, b, c in zip(step, gemm, tr["opt_ms"], strict=True)]
+    med = statistics.median
+    fused = (f"optimizer.step with SGD(fused=True): {med(tr['fused_opt_ms']):.2f} ms"
+             if "fused_opt_ms" in tr else "fused SGD unavailable here")
+    return Row("2. teacher step split: GEMMs (at the reference rate) / optimizer.step / rest",
+               f"{med(gemm):.1f} / {med(tr['opt_ms']):.1f} / {med(rest):.1f} ms of "
+               f"{med(step):.1f} ms", fused)
+
+
+def input_rows(s: loops.Setup, student: dict, teacher: dict, args) -> list[Row]:
     """Item 1, explained: the input path alone, and the best training ratio it allows here.
 
     A usual step is model time + loader time; the pipeline can at most remove the loader time,
@@ -155,86 +203,57 @@ def input_rows(s: loops.Setup, rates: dict[str, float], args) -> list[Row]:
     progress("input path alone: DataLoader vs batch_inputs")
     ir = interleaved({"usual": loops.usual_inputs(s, r), "pipeline": loops.pipeline_inputs(s, r)},
                      args.batches, args.warmup, args.repeats)
-    loader_s = 1 / ir["usual"]  # seconds per sample
+    loader_s = 1 / statistics.median(ir["usual"])  # seconds per sample
 
-    def ceiling(usual_rate: float) -> str:
-        model_s = 1 / usual_rate - loader_s
-        return f"{(1 / usual_rate) / model_s:.2f}" if model_s > 0 else "n/a (noise)"
+    def ceiling(usual_rates: list[float]) -> str:
+        usual_s = 1 / statistics.median(usual_rates)
+        return f"{usual_s / (usual_s - loader_s):.2f}" if usual_s > loader_s else "n/a (noise)"
     return [ratio_row(f"1. input path alone, batch {r.train.batch_size}: batch_inputs vs "
                       "DataLoader (ToTensor + Normalize)", ir["pipeline"], ir["usual"],
                       "samples/s"),
-            Row("1. best training ratio possible here with a free input path: teacher / student",
-                f"{ceiling(rates['teacher_usual'])} / {ceiling(rates['student_usual'])}",
+            Row("1. best item-1 ratio possible here with a free input path: teacher / student",
+                f"{ceiling(teacher['usual'])} / {ceiling(student['usual'])}",
                 "usual step / its model part")]
 
 
-def flop_rows(s: loops.Setup, teacher_rate: float, args) -> list[Row]:
-    """Item 2: achieved FLOP/s of teacher training over the GEMM rate of the same shapes, and a
-    split of one step into GEMMs, optimiser and the rest (what stands between the two)."""
-    t = loops.role(s, "teacher")
-    bs = t.train.batch_size
-    shapes = compute.layer_shapes(s.teacher_arch, s.ds.in_shape[0] * s.ds.in_shape[1] *
-                                  s.ds.in_shape[2], s.ds.num_classes)
-    n_params = models.count_params(loops.build(s, t))
-    progress("GEMM reference and optimiser step")
-    gemm = compute.gemm_rate(s.dev, bs, shapes, args.batches, args.repeats)
-    achieved = 6 * n_params * teacher_rate
-    # The GEMMs training really runs: the first layer needs no input gradient.
-    train_flops = sum(6 * bs * i * o for i, o in shapes) - 2 * bs * shapes[0][0] * shapes[0][1]
-    step_ms, gemm_ms = 1000 * bs / teacher_rate, 1000 * train_flops / gemm
-    iters = max(10, args.batches)
-    opt_ms = compute.optimizer_step_ms(s, t, iters, args.repeats)
-    try:
-        fused_ms = compute.optimizer_step_ms(s, t, iters, args.repeats, fused=True)
-        fused = f"{fused_ms:.2f} ms with SGD(fused=True)"
-    except (RuntimeError, TypeError) as e:  # fused SGD on this device may be missing
-        fused = f"fused SGD unavailable ({type(e).__name__})"
-    kind = "bf16" if s.dev.type == "cuda" else "fp32"
-    return [
-        ratio_row(f"2. teacher achieved FLOP rate (6 x {n_params:,} params x samples/s) vs {kind} "
-                  f"GEMMs of {'->'.join(str(i) for i, _ in shapes)}->{shapes[-1][1]}, batch {bs}",
-                  achieved / 1e9, gemm / 1e9, "GFLOP/s", 0.9),
-        Row("2. teacher step split: GEMMs (at the reference rate) / optimizer.step / rest",
-            f"{gemm_ms:.1f} / {opt_ms:.1f} / {step_ms - gemm_ms - opt_ms:.1f} ms of {step_ms:.1f} ms",
-            f"optimizer.step: {fused}"),
-    ]
-
-
 def eval_rows(s: loops.Setup, args) -> list[Row]:
-    """Item 4: kd.loop.predict on the test split at the loop's EVAL_BATCH, vs a DataLoader loop;
-    and at batch 512, which would cut eval memory 8x."""
+    """Item 4: kd.loop.predict on the test split at the loop's EVAL_BATCH vs a DataLoader loop,
+    and vs other batch sizes (a smaller batch holds fewer activations at once)."""
     n = min(len(s.ds.test), max(1000, args.batches * 128))
     progress(f"teacher evaluation on {n:,} test images")
-    r = compute.eval_rates(s, loops.role(s, "teacher"), n, args.repeats, (loop.EVAL_BATCH, 512))
-    main = r[f"predict@{loop.EVAL_BATCH}"]
-    return [ratio_row(f"4. teacher eval on {n:,} test images (predict, batch {loop.EVAL_BATCH}) vs "
-                      "DataLoader batch 1000", main, r["usual"], "samples/s"),
-            ratio_row(f"4. teacher eval: predict batch {loop.EVAL_BATCH} vs batch 512", main,
-                      r["predict@512"], "samples/s")]
+    others = [b for b in (256, 4096) if b != loop.EVAL_BATCH]
+    er = interleaved(compute.eval_rates(s, loops.role(s, "teacher"), n, (loop.EVAL_BATCH, *others)),
+                     0, 0, args.repeats)
+    main = er[f"predict@{loop.EVAL_BATCH}"]
+    return [ratio_row(f"4. teacher eval on {n:,} test images: predict (batch {loop.EVAL_BATCH}) vs "
+                      "DataLoader (batch 1000)", main, er["usual"], "samples/s"),
+            *(ratio_row(f"4. teacher eval: predict batch {loop.EVAL_BATCH} vs batch {b}", main,
+                        er[f"predict@{b}"], "samples/s") for b in others)]
 
 
-def overhead_rows(epoch_row: dict, student_rate: float, n_train: int, args) -> list[Row]:
-    """Item 5: MLflow per epoch as a share of the shortest epoch (the student's), and start-up."""
+def mlflow_rows(epoch_row: dict, student_rates: list[float], n_train: int, args) -> list[Row]:
+    """Item 5: MLflow per epoch as a share of the shortest epoch (the student's)."""
     progress("MLflow: new SQLite store, then log_metrics of one epoch's dict")
     setup_s, log_s = overheads.mlflow_costs(epoch_row, 3 if args.quick else 20)
-    epoch_s = n_train / student_rate
+    epoch_s = n_train / statistics.median(student_rates)
     share = log_s / epoch_s
-    rows = [Row("5. MLflow log_metrics of one epoch's dict / one student epoch (training only)",
+    return [Row("5. MLflow log_metrics of one epoch's dict / one student epoch (training only)",
                 f"{1000 * log_s:.1f} ms", f"{epoch_s:.1f} s", f"{100 * share:.3f}%", "< 2%",
                 share < 0.02),
-            Row("5. MLflow run set-up per stage (new SQLite store, experiment, start_run, params)",
-                f"{setup_s:.2f} s")]
+            Row("5. MLflow run set-up per stage (import mlflow, new SQLite store, experiment, "
+                "start_run, log_params)", f"{setup_s:.2f} s")]
+
+
+def startup_rows(args) -> list[Row]:
+    """Item 5: fresh interpreters; each stage's --help is its imports and nothing else."""
     progress("start-up of fresh interpreters")
     start = overheads.startup_seconds(overheads.startup_commands(args.quick),
                                       1 if args.quick else 2)
-    base, torch_s = start.pop("python -c pass"), start["import torch"]
-    rows.append(Row("5. start-up: import torch (vs bare python)", f"{torch_s:.2f} s",
-                    f"{base:.2f} s"))
-    rows.append(Row("5. start-up: import mlflow (vs import torch)", f"{start.pop('import mlflow'):.2f} s",
-                    f"{torch_s:.2f} s"))
-    start.pop("import torch")
+    base, torch_s = start.pop("python -c pass"), start.pop("import torch")
+    rows = [Row("5. start-up: import torch (vs bare python)", f"{torch_s:.2f} s", f"{base:.2f} s")]
     for name, sec in start.items():
-        rows.append(Row(f"5. start-up: python -m {name} (vs import torch)", f"{sec:.2f} s",
+        what = f"python -m {name}" if name.startswith("stages.") else name
+        rows.append(Row(f"5. start-up: {what} (vs import torch)", f"{sec:.2f} s",
                         f"{torch_s:.2f} s", f"{sec / torch_s:.2f}"))
     return rows
 
@@ -271,19 +290,22 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(machine_lines(dev)) + "\n", flush=True)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
-        s, rows = prepare(Path(tmp), args, dev)
-        train, rates = training_rows(s, args)
-        rows = (train[:2] + input_rows(s, rates, args) + flop_rows(s, rates["teacher"], args)
-                + train[2:] + eval_rows(s, args) + rows)
-        epoch_row = loops.student_epoch_row(s)
-        rows += overhead_rows(epoch_row, rates["student"], len(s.ds.train), args)
+        s, data_rows = prepare(Path(tmp), args, dev)
+        t_rows, teacher = teacher_rows(s, args)
+        s_rows, student = training_rows(s, args)
+        rows = (t_rows[:1] + s_rows[:1] + input_rows(s, student, teacher, args) + t_rows[1:]
+                + s_rows[1:] + eval_rows(s, args) + data_rows
+                + mlflow_rows(loops.student_epoch_row(s), student["pipeline"], len(s.ds.train), args)
+                + startup_rows(args))
     if args.pipeline:
         rows += dvc_rows(args)
     if args.stages:
         rows += stage_rows(args)
     print(table(rows))
-    print(f"{args.batches} batches x {args.repeats} repeats per contender after {args.warmup} "
-          f"warm-up batches; medians; {time.perf_counter() - t_start:.0f} s in all.")
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"{args.batches} batches per contender per round, {args.repeats} rounds, after "
+          f"{args.warmup} warm-up batches; medians (ratio: median of per-round ratios, range in "
+          f"brackets); {time.perf_counter() - t_start:.0f} s in all; load average at the end {load}.")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,15 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_class_table(names: list[str], classes: tuple[str, ...], errors: dict[str, list[int]]
+                    ) -> str:
+    """Test errors of each true class (rows) for each model (columns)."""
+    lines = ["| class | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for c, label in enumerate(classes):
+        lines.append(f"| {c} {label} | " + " | ".join(str(errors[n][c]) for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def accuracy_plot(histories: dict[str, list[dict]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for name, rows in histories.items():

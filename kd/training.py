@@ -86,6 +86,7 @@ def train_and_record(stage: str, p: Params, data: Dataset, model: nn.Module, arc
         per_class = metrics.per_class_errors(test_logits, data.test.y, data.num_classes)
         io.save_torch(out.model, {
             "arch": arch, "in_shape": list(data.in_shape), "classes": data.num_classes,
+            "class_names": list(data.classes),
             "input_dropout": model_cfg.input_dropout, "dropout": model_cfg.dropout,
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
             "test_logits": test_logits.cpu(), "dataset": data.name, "mlflow_run_id": run.run_id,

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
             finals[name] = json.loads((args.metrics_dir / f"{name}.json").read_text())
             ckpt = torch.load(args.models_dir / f"{name}.pt", map_location="cpu")
             logits[name], archs[name] = ckpt["test_logits"], ckpt["arch"]
+            class_names = ckpt["class_names"]
             histories[label] = reporting.read_history(args.plots_dir / f"{name}.csv")
         rows = [{"name": label, "arch": archs[name], **finals[name],
                  "agreement": None if name == "teacher"
@@ -40,12 +41,22 @@ def main(argv: list[str] | None = None) -> None:
         gain = finals["distilled"]["test_acc"] - finals["student"]["test_acc"]
         teacher_lead = finals["teacher"]["test_acc"] - finals["student"]["test_acc"]
         table = reporting.comparison_table(rows)
+        per_class = reporting.per_class_table(
+            [label for label, _ in MODELS], class_names,
+            {label: finals[name]["test_errors_per_class"] for label, name in MODELS})
+        d = finals["distilled"]
+        bias = ""
+        if "test_errors_uncorrected" in d:
+            bias = (f"\n\nThe transfer set lacked some classes: raising their logits by "
+                    f"{d['bias_correction']:.1f} took the distilled student from "
+                    f"{d['test_errors_uncorrected']} to {d['test_errors']} test errors.")
         md = (f"# Distillation report: {p.dataset}, T={p.T:g}, alpha={p.alpha:g}, seed={p.seed}\n\n"
               f"{table}\n"
               f"Distillation changed the student's test accuracy by {100 * gain:+.2f} points "
               f"({finals['student']['test_errors']} -> {finals['distilled']['test_errors']} "
               f"errors); the teacher is {100 * teacher_lead:+.2f} points from the student baseline."
-              "\n\n![test accuracy per epoch](accuracy.png)\n")
+              f"{bias}\n\n![test accuracy per epoch](accuracy.png)\n\n"
+              f"## Test errors per class\n\n{per_class}")
         io.write_text(args.out / "report.md", md)
         reporting.accuracy_plot(histories, args.out / "accuracy.png",
                                 f"{p.dataset}: test accuracy per epoch (T={p.T:g}, alpha={p.alpha:g})")

@@ -1,0 +1,264 @@
+"""The sweep summary: parsing real `dvc exp show --json` output, mean ± std over seeds, the table,
+the plot, and `python -m tools.sweep` end to end after a queued sweep.
+
+tests/data/exp_show.json is DVC 3.67's output captured on digits (epochs 1) and trimmed to the
+keys the parser reads: the workspace (equal to the experiment dizzy-bish), the baseline `main`
+(T=4), finished experiments over T=1, 2, 8, seeds 0 and 1 and alpha 0.5, one failed experiment
+(brash-kegs, alpha=1.5, still showing the files it started from) and one running (dicey-mate,
+showing half-written metrics). The digits test split has 297 images.
+"""
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kd import sweep
+from tests.conftest import ROOT, tiny_params
+from tests.test_pipeline_e2e import PROJECT_FILES, sh
+from tools import sweep as sweep_cli
+
+CAPTURED = Path(__file__).parent / "data" / "exp_show.json"
+FINISHED = {"main", "dizzy-bish", "every-dirk", "joint-ages", "acerb-mine", "muley-seam", "tenty-eggs"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def records() -> list[dict]:
+    return json.loads(CAPTURED.read_text())
+
+
+def experiment(records: list[dict], name: str) -> dict:
+    return next(e for e in records[1]["experiments"] if e["name"] == name)
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def test_parse_keeps_finished_experiments_and_the_baseline(records):
+    rows, notes = sweep.parse(records)
+    assert {r.name for r in rows} == FINISHED
+    assert sorted(notes) == ["skipped brash-kegs: failed",
+                             "skipped dicey-mate: running"]
+
+
+def test_row_holds_params_and_all_three_scores(records):
+    rows, _ = sweep.parse(records)
+    r = next(r for r in rows if r.name == "every-dirk")
+    assert (r.rev, r.dataset, r.T, r.alpha, r.seed) == ("1d9a430", "digits", 1.0, 0.9, 0)
+    assert isinstance(r.T, float)  # `-S T=1` writes the int 1
+    assert (r.teacher_errors, r.student_errors, r.distilled_errors) == (65, 62, 215)
+    assert r.distilled_acc == pytest.approx(1 - 215 / 297)
+    assert r.agreement == pytest.approx(0.35353535)
+    assert r.config["distill.epochs"] == 1 and "T" not in r.config
+
+
+def test_workspace_equal_to_an_experiment_is_dropped_but_a_new_one_is_kept(records):
+    rows, _ = sweep.parse(records)
+    assert "workspace" not in {r.name for r in rows}  # it repeats dizzy-bish
+    records[0]["data"]["params"]["params.yaml"]["data"]["T"] = 3
+    rows, _ = sweep.parse(records)
+    assert next(r for r in rows if r.name == "workspace").T == 3.0
+    rows, _ = sweep.parse(records, include_workspace=False)
+    assert "workspace" not in {r.name for r in rows}
+
+
+def test_queued_unreadable_and_metricless_records_are_skipped(records):
+    # As DVC shows a queued experiment: executor state "queued", params set, metrics empty.
+    queued = experiment(records, "tenty-eggs")
+    queued["executor"]["state"] = "queued"
+    queued["revs"][0]["data"]["metrics"] = {}
+    experiment(records, "dizzy-bish")["revs"][0]["error"] = {"msg": "bad rev", "type": ""}
+    del records[1]["data"]["metrics"]["metrics/teacher.json"]["data"]
+    rows, notes = sweep.parse(records)
+    # The workspace no longer repeats a kept experiment, so it is a row of its own.
+    assert {r.name for r in rows} == FINISHED - {"tenty-eggs", "main", "dizzy-bish"} | {"workspace"}
+    assert "skipped tenty-eggs: queued" in notes
+    assert "skipped dizzy-bish: DVC could not read it (bad rev)" in notes
+    assert "skipped main: no test_acc/test_errors in metrics/teacher.json" in notes
+
+
+def params_of(records: list[dict], name: str) -> dict:
+    return experiment(records, name)["revs"][0]["data"]["params"]["params.yaml"]["data"]
+
+
+def test_a_preset_replaces_params_yaml_values_as_in_the_stages(records):
+    # A preset that sets T wins over `-S T=1` and `-S T=8`: both ran at T=20 with seed 0.
+    for name in ("every-dirk", "acerb-mine"):
+        params_of(records, name)["preset"] = "hot"
+    # Deterministic runs that a preset made alike score alike; they are still two experiments.
+    experiment(records, "acerb-mine")["revs"][0]["data"]["metrics"] = copy.deepcopy(
+        experiment(records, "every-dirk")["revs"][0]["data"]["metrics"])
+    rows, notes = sweep.parse(records, presets={"hot": {"datasets": ["digits"], "T": 20}})
+    assert {r.T for r in rows if r.name in ("every-dirk", "acerb-mine")} == {20.0}
+    assert "same seed more than once" in sweep.markdown(rows)
+    assert sweep.repeated_seeds(sweep.aggregate(rows)) == ["digits alpha=0.9 T=20"]
+    rows, notes = sweep.parse(records)
+    assert "every-dirk" not in {r.name for r in rows}
+    assert any(n.startswith("skipped every-dirk: preset must be one of none") for n in notes)
+
+
+def test_no_experiments_at_all_gives_no_rows():
+    assert sweep.parse([]) == ([], [])
+
+
+# --- aggregation (golden values from the captured errors: acc = 1 - errors / 297) --------------
+
+
+def test_stat_is_mean_and_sample_std():
+    assert sweep.stat([1.0, 2.0, 3.0, 4.0]) == sweep.Stat(2.5, pytest.approx(1.2909944487), 4)
+    assert sweep.stat([0.7]) == sweep.Stat(0.7, 0.0, 1)
+
+
+def test_aggregate_over_seeds_golden(records):
+    rows, _ = sweep.parse(records)
+    groups = {(g.alpha, g.T): g for g in sweep.aggregate(rows)}
+    assert list(groups) == [(0.5, 2.0), (0.9, 1.0), (0.9, 2.0), (0.9, 4.0), (0.9, 8.0)]
+    g = groups[0.9, 1.0]  # seed 0: 215 errors, seed 1: 186
+    assert g.seeds == (0, 1)
+    assert g.distilled_errors == sweep.Stat(200.5, pytest.approx(20.5060967), 2)
+    assert g.distilled_acc.mean == pytest.approx(1 - 200.5 / 297)
+    assert g.distilled_acc.std == pytest.approx(20.5060967 / 297)
+    assert g.gain.mean == pytest.approx(((62 - 215) + (91 - 186)) / 2 / 297)
+    assert groups[0.5, 2.0].distilled_acc == sweep.Stat(pytest.approx(1 - 105 / 297), 0.0, 1)
+
+
+def test_references_count_each_seed_once(records):
+    rows, _ = sweep.parse(records)
+    refs = sweep.references(rows, "digits")
+    # Seed 0 appears in five experiments, seed 1 in two; each counts once.
+    assert refs["teacher"] == sweep.Stat(pytest.approx(1 - 66.5 / 297), pytest.approx(3 / 297 / 2 ** 0.5), 2)
+    assert refs["student"].mean == pytest.approx(1 - 76.5 / 297)
+
+
+# --- table and plot ------------------------------------------------------------------------------
+
+
+def test_markdown_has_a_line_per_setting_and_per_experiment(records):
+    rows, _ = sweep.parse(records)
+    md = sweep.markdown(rows, "accuracy_vs_T.png")
+    assert "| digits | 0.9 | 1 | 0, 1 | 32.49 ± 6.90 | 200.5 | -41.75 ± 13.81 |" in md
+    assert "| digits | 0.5 | 2 | 0 | 64.65 | 105 | -14.48 | 79.12 | 78.11 |" in md
+    assert "| every-dirk | `1d9a430` | digits | 1 | 0.9 | 0 | 78.11 | 79.12 | 27.61 |" in md
+    assert "Warning" not in md and "](accuracy_vs_T.png)" in md
+    assert sweep.repeated_seeds(sweep.aggregate(rows)) == []
+
+
+def test_markdown_warns_when_other_params_differ(records):
+    params_of(records, "muley-seam")["distill"]["epochs"] = 5
+    rows, _ = sweep.parse(records)
+    assert sweep.varying_params(rows) == ["distill.epochs"]
+    assert "**Warning:**" in sweep.markdown(rows) and "distill.epochs" in sweep.markdown(rows)
+
+
+def test_plot_is_a_png_written_atomically(records, tmp_path):
+    rows, _ = sweep.parse(records)
+    rows.append(dataclasses.replace(rows[0], name="other", dataset="mnist"))  # a second panel
+    sweep.accuracy_vs_T_plot(rows, tmp_path / "out" / "plot.png")
+    assert (tmp_path / "out" / "plot.png").read_bytes()[:8] == PNG_MAGIC
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["plot.png"]
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def fake_dvc(monkeypatch, shown: list, status: dict) -> None:
+    outputs = {"exp": json.dumps(shown), "status": json.dumps(status)}
+    monkeypatch.setattr(sweep_cli, "dvc", lambda repo, cmd, *args: outputs[cmd])
+
+
+def test_main_writes_table_and_plot(records, tmp_path, monkeypatch, capsys):
+    fake_dvc(monkeypatch, records, {})
+    sweep_cli.main(["--out", str(tmp_path / "sweep")])
+    out, err = capsys.readouterr()
+    assert (tmp_path / "sweep" / "sweep.md").read_text() in out
+    assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
+    assert "skipped brash-kegs" in err and "skipped workspace" not in err
+
+
+def test_main_leaves_out_a_stale_workspace(records, tmp_path, monkeypatch, capsys):
+    records[0]["data"]["params"]["params.yaml"]["data"]["T"] = 3  # edited, not reproduced
+    fake_dvc(monkeypatch, records, {"distill": [{"changed deps": {"params.yaml": {"T": 3}}}]})
+    sweep_cli.main(["--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert "| workspace |" not in out and "skipped workspace" in err
+
+
+def test_main_fails_in_one_line_without_results(tmp_path, monkeypatch, capsys):
+    fake_dvc(monkeypatch, [], {})
+    with pytest.raises(SystemExit) as exit_:
+        sweep_cli.main(["--out", str(tmp_path)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no experiment has metrics yet") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_main_fails_in_one_line_outside_a_dvc_repo(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sweep_cli.main(["--repo", str(tmp_path), "--out", str(tmp_path / "sweep")])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: dvc exp show --json failed") and err.count("\n") == 1
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+
+def make_repo(repo: Path) -> None:
+    """A git repository holding a copy of the project on digits with one epoch per model."""
+    # Every tracked file (presets.yaml and whatever joins it), plus kd/ and stages/ as they are.
+    tracked = sh(ROOT, "git", "ls-files").splitlines()
+    for rel in sorted({*tracked, *PROJECT_FILES}):
+        src, dst = ROOT / rel, repo / rel
+        if not src.exists():  # deleted, not yet committed
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    params = tiny_params()
+    for section in ("teacher", "student", "distill"):
+        params[section]["epochs"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "project")
+
+
+def wait_for_queue(repo: Path, timeout: float = 480) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = sh(repo, "dvc", "queue", "status")
+        if "Running" not in status and "Queued" not in status:
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue still busy after {timeout:.0f}s:\n{status}")
+
+
+def test_queued_T_sweep_to_table_and_plot(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    make_repo(repo)
+    sh(repo, "dvc", "repro")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline run")
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "T=1,8")
+    sh(repo, "dvc", "queue", "start", "-j", "2")
+    assert "Failed" not in wait_for_queue(repo)
+
+    sweep_cli.main(["--repo", str(repo), "--out", str(tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    md = (tmp_path / "sweep" / "sweep.md").read_text()
+    for T in (1, 4, 8):  # the two queued temperatures and the baseline commit's
+        assert f"| digits | 0.9 | {T} | 0 |" in md
+    assert "| workspace |" not in md  # it equals the baseline commit
+    assert md.count("| digits |") == 2 * 3  # three settings, three experiments
+    assert md in out
+    assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
