@@ -31,7 +31,8 @@ def params_or_exit(path: str) -> Params:
         print(f"error: {path}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if p.raw["preset"] != "none":
-        print(f"preset {p.raw['preset']} applied (presets.yaml); T={p.T:g}, alpha={p.alpha:g}")
+        changes = "; ".join(p.preset_changes) or "no value differed"
+        print(f"preset {p.raw['preset']} (presets.yaml) replaced: {changes}")
     return p
 
 

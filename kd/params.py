@@ -179,6 +179,7 @@ class Params:
     distill: Train
     transfer: Transfer
     raw: dict  # the validated values (preset applied), for logging to MLflow
+    preset_changes: tuple[str, ...] = ()  # "teacher.lr: 0.05 -> 0.1" for each replaced value
 
     def section(self, name: str) -> dict:
         """The raw params a stage depends on, for MLflow (flattened there)."""
@@ -202,11 +203,14 @@ TOP_KEYS = ("dataset", "preset", "seed", "T", "alpha", "data", "teacher", "stude
 PRESETS_FILE = Path(__file__).resolve().parents[1] / "presets.yaml"
 
 
-def apply_preset(raw: dict, presets: dict) -> dict:
-    """Overlay the named preset (raw["preset"]) on a params mapping; `none` changes nothing."""
+def apply_preset(raw: dict, presets: dict) -> tuple[dict, list[str]]:
+    """Overlay the named preset (raw["preset"]) on a params mapping; `none` changes nothing.
+
+    Returns the new mapping and one line per value the preset replaced, so a stage can say so.
+    """
     name = raw.get("preset", "none")
     if name == "none":
-        return raw
+        return raw, []
     if name not in presets:
         raise ParamsError(f"preset must be one of none, {', '.join(presets)} (got {name!r})")
     preset = dict(presets[name])
@@ -214,10 +218,13 @@ def apply_preset(raw: dict, presets: dict) -> dict:
     if raw.get("dataset") not in datasets:
         raise ParamsError(f"preset {name} is made for dataset {' or '.join(datasets)} "
                           f"(dataset is {raw.get('dataset')!r}); set dataset too")
-    out = dict(raw)
-    for key, value in preset.items():
-        out[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    return out
+    out, replaced = dict(raw), []
+    for section, values in preset.items():
+        mine = raw.get(section) if isinstance(raw.get(section), dict) else {}
+        replaced += [f"{section}.{k}: {mine[k]!r} -> {v!r}" for k, v in values.items()
+                     if k in mine and mine[k] != v]
+        out[section] = {**mine, **values}
+    return out, replaced
 
 
 def validate(raw: Any) -> Params:
@@ -231,7 +238,7 @@ def validate(raw: Any) -> Params:
         if k not in raw:
             raise ParamsError(f"{k} is missing from params.yaml")
     dataset = _choice("dataset", raw["dataset"], DATASETS)
-    raw = apply_preset(raw, yaml.safe_load(PRESETS_FILE.read_text()))
+    raw, replaced = apply_preset(raw, yaml.safe_load(PRESETS_FILE.read_text()))
     seed = _int("seed", raw["seed"], 0)
     T = _float("T", raw["T"], 0, INF, lo_open=True)
     alpha = _float("alpha", raw["alpha"], 0, 1)
@@ -246,7 +253,7 @@ def validate(raw: Any) -> Params:
     transfer = Transfer(**{k: sec[k] for k in TRANSFER_KEYS})
     _check_classes(transfer, NUM_CLASSES[dataset])
     return Params(dataset=dataset, seed=seed, T=T, alpha=alpha, data=data, distill=distill,
-                  transfer=transfer, raw=raw, **nets)
+                  transfer=transfer, raw=raw, preset_changes=tuple(replaced), **nets)
 
 
 def _check_classes(t: Transfer, n: int) -> None:

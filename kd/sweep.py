@@ -20,7 +20,6 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from kd.io import atomic_path
-from kd.params import ParamsError, apply_preset
 
 MODELS = ("teacher", "student", "distilled")
 SWEPT = ("dataset", "T", "alpha", "seed")
@@ -80,21 +79,19 @@ class Group:
 # --- parsing `dvc exp show --json` ---------------------------------------------------------------
 
 
-def parse(records: list[dict], presets: dict | None = None,
-          include_workspace: bool = True) -> tuple[list[Row], list[str]]:
+def parse(records: list[dict], include_workspace: bool = True) -> tuple[list[Row], list[str]]:
     """Records of `dvc exp show --json` -> (rows of finished experiments, one note per skip).
 
-    presets: the contents of presets.yaml. An experiment with `preset` other than none ran with
-    that preset's values in place of params.yaml's (T included), so they are applied here too;
-    one whose preset is not in `presets` is skipped.
-    Experiments come before baselines and the workspace, so when the workspace (or a baseline)
-    holds the very params and metrics of an experiment, the experiment's name is the one kept.
+    Presets never set the swept keys (T, alpha, seed, dataset), so params.yaml's values are the
+    ones the stages used. Experiments come before baselines and the workspace, so when the
+    workspace (or a baseline) holds the very params and metrics of an experiment, the
+    experiment's name is the one kept.
     """
     rows, notes, seen = [], [], set()
     for fallback, rec, state in _candidates(records, include_workspace):
         name = _name(rec, fallback)
         try:
-            row, key = _row(name, rec, state, presets or {})
+            row, key = _row(name, rec, state)
         except _Skip as why:
             notes.append(f"skipped {name}: {why}")
             continue
@@ -126,7 +123,7 @@ def _short(rev: str | None) -> str:
     return "workspace" if rev == "workspace" else (rev or "?")[:7]
 
 
-def _row(name: str, rec: dict, state: str, presets: dict) -> tuple[Row, str]:
+def _row(name: str, rec: dict, state: str) -> tuple[Row, str]:
     """One rev record -> (its Row, a key equal for records with the same params and metrics)."""
     # A queued, running or failed experiment still shows files (the baseline's, or half-written
     # ones), which are not its results.
@@ -135,8 +132,7 @@ def _row(name: str, rec: dict, state: str, presets: dict) -> tuple[Row, str]:
     if rec.get("error"):
         raise _Skip(f"DVC could not read it ({rec['error'].get('msg') or 'no message'})")
     data = rec.get("data") or {}
-    raw = _file(data.get("params"), "params.yaml")
-    params = _effective(raw, presets)
+    params = _file(data.get("params"), "params.yaml")
     missing = [k for k in SWEPT if k not in params]
     if missing:
         raise _Skip(f"params.yaml has no {', '.join(missing)}")
@@ -149,17 +145,7 @@ def _row(name: str, rec: dict, state: str, presets: dict) -> tuple[Row, str]:
               distilled_errors=scores["distilled"]["test_errors"],
               agreement=scores["distilled"].get("agreement"),
               config={k: v for k, v in _flatten(params).items() if k not in SWEPT})
-    # params.yaml as written, not with its preset applied: two experiments a preset made alike
-    # are still two experiments (and the summary warns that they repeat a seed).
-    return row, json.dumps([raw, scores], sort_keys=True)
-
-
-def _effective(params: dict, presets: dict) -> dict:
-    """params.yaml's values with its preset applied, as the stages saw them (kd.params)."""
-    try:
-        return apply_preset(params, presets)
-    except ParamsError as e:
-        raise _Skip(str(e)) from None
+    return row, json.dumps([params, scores], sort_keys=True)
 
 
 def _file(section: dict | None, suffix: str) -> dict:
@@ -294,7 +280,7 @@ def markdown(rows: list[Row], plot_name: str | None = None) -> str:
                      f"above as if they were seeds of one setting: {', '.join(varying)}.\n")
     repeated = repeated_seeds(groups)
     if repeated:
-        # The usual cause: a preset that sets T or alpha wins over `-S T=...`.
+        # The usual cause: the same experiment run twice under different names.
         parts.append(f"**Warning:** these settings hold the same seed more than once, so their "
                      f"spread is not over seeds: {'; '.join(repeated)}.\n")
     parts += ["## Experiments\n", experiments_table(rows)]

@@ -97,11 +97,13 @@ def test_preset_overlays_its_keys_and_keeps_the_rest():
     raw.update(dataset="fashion-mnist", preset="hinton-mnist")
     raw["teacher"]["batch_size"] = 77
     p = validate(raw)
-    assert p.T == 20.0 and p.teacher_model.arch == "mlp:1200-1200" and p.teacher.shift == 2
+    assert p.teacher_model.arch == "mlp:1200-1200" and p.teacher.shift == 2
     assert p.teacher_model.max_norm == pytest.approx(15 ** 0.5, abs=1e-3)
     assert p.student_model.arch == "mlp:800-800" and p.student_model.dropout == 0.0
     assert p.teacher.batch_size == 77  # not in the preset: params.yaml's value stays
-    assert p.raw["T"] == 20  # what MLflow records is the effective value
+    assert p.T == 4.0  # presets never set T: a sweep over T under a preset must change T
+    assert p.raw["teacher"]["arch"] == "mlp:1200-1200"  # what MLflow records: effective values
+    assert "teacher.arch: 'auto' -> 'mlp:1200-1200'" in p.preset_changes
 
 
 def test_every_shipped_preset_is_valid_for_its_datasets():

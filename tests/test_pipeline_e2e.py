@@ -17,8 +17,8 @@ import yaml
 
 from tests.conftest import ROOT, tiny_params
 
-PROJECT_FILES = ("kd", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore",
-                 ".gitignore", "pyproject.toml")
+PROJECT_FILES = ("kd", "stages", "dvc.yaml", "params.yaml", "presets.yaml", ".dvc/config",
+                 ".dvcignore", ".gitignore", "pyproject.toml")
 
 
 def sh(repo: Path, *cmd: str, timeout: int = 600) -> str:

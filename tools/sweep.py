@@ -5,8 +5,7 @@ After a sweep such as `dvc exp run --queue -S T=1,2,4,8,20 -S seed=0,1,2` and
 
     python -m tools.sweep [--out sweep/]
 
-Reads `dvc exp show --json`: params.yaml's dataset, T, alpha and seed (with presets.yaml's values
-where an experiment sets a `preset`, as the stages apply them) and metrics/{teacher,student,
+Reads `dvc exp show --json`: params.yaml's dataset, T, alpha and seed and metrics/{teacher,student,
 distilled}.json. Writes <out>/sweep.md (mean ± std over seeds per dataset, alpha and T, then one
 line per experiment) and <out>/accuracy_vs_T.png, and prints the table. Queued, running and failed
 experiments are skipped with a note on stderr; the workspace is left out when it repeats an
@@ -23,8 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
-
-import yaml
 
 from kd import io, sweep
 
@@ -59,17 +56,6 @@ def load_json(text: str, what: str) -> Any:
         fail(f"{what} printed no JSON ({e})")
 
 
-def read_presets(repo: Path) -> dict:
-    """presets.yaml of the repository (an experiment's `preset` overrides params.yaml); {} if none."""
-    path = repo / "presets.yaml"
-    if not path.exists():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        fail(f"{path}: {e}")
-
-
 def main(argv: list[str] | None = None) -> None:
     summary, _, details = __doc__.partition("\n")
     ap = argparse.ArgumentParser(prog="python -m tools.sweep", description=summary, epilog=details,
@@ -86,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     shown = dvc(args.repo, "exp", "show", "--json", *(["--all-commits"] if args.all_commits else []))
     # `dvc status --json` prints {} when every stage's outputs match its params, code and data.
     current = load_json(dvc(args.repo, "status", "--json"), "dvc status --json") == {}
-    rows, notes = sweep.parse(load_json(shown, "dvc exp show --json"), read_presets(args.repo),
-                              include_workspace=current)
+    rows, notes = sweep.parse(load_json(shown, "dvc exp show --json"), include_workspace=current)
     if not current:
         notes.append("skipped workspace: not reproduced since its params or code changed (dvc status)")
     for note in notes:
