@@ -61,14 +61,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def write_json(path: str | Path, obj) -> None:
+    """Write `obj` as indented, key-sorted JSON to `path` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_torch(path: str | Path, obj) -> None:
+    """torch.save `obj` to `path` atomically."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -88,11 +88,14 @@ def correct_bias(model: nn.Module, data: Dataset, missing: list[int], setting: f
     """
     if not missing:
         return {"bias_correction": 0.0}
-    before = metrics.scores(loop.predict(model, data.test, data), data.test.y, "test")
+    test_logits = loop.predict(model, data.test, data)
+    before = metrics.scores(test_logits, data.test.y, "test")
     shift = (best_bias_shift(loop.predict(model, data.val, data), data.val.y, missing)
              if setting == "auto" else float(setting))
     add_output_bias(model, missing, shift)
     print(f"bias correction: +{shift:.1f} on the logits of classes {missing} "
           f"({'chosen on validation' if setting == 'auto' else 'from params'})", flush=True)
     return {"bias_correction": shift, "test_acc_uncorrected": before["test_acc"],
-            "test_errors_uncorrected": before["test_errors"]}
+            "test_errors_uncorrected": before["test_errors"],
+            "test_errors_per_class_uncorrected": metrics.per_class_errors(
+                test_logits, data.test.y, data.num_classes)}

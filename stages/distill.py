@@ -30,12 +30,16 @@ from kd.losses import distillation_loss
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     ap.add_argument("--data", help="prepared dataset folder (default: data/<dataset>)")
-    ap.add_argument("--soft-targets", type=Path, default=Path("model/soft_targets.pt"))
+    ap.add_argument("--soft-targets", type=Path, default=Path("model/soft_targets.pt"),
+                    help="cached teacher logits (default: model/soft_targets.pt)")
     ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"),
                     help="used only when distill.shift or distill.flip augment the batches")
-    ap.add_argument("--model", type=Path, default=Path("model/distilled.pt"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/distilled.json"))
-    ap.add_argument("--plots", type=Path, default=Path("plots/distilled.csv"))
+    ap.add_argument("--model", type=Path, default=Path("model/distilled.pt"),
+                    help="checkpoint to write (default: model/distilled.pt)")
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/distilled.json"),
+                    help="final metrics JSON (default: metrics/distilled.json)")
+    ap.add_argument("--plots", type=Path, default=Path("plots/distilled.csv"),
+                    help="per-epoch metrics CSV (default: plots/distilled.csv)")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 

@@ -19,10 +19,14 @@ MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled s
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
-    ap.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
-    ap.add_argument("--models-dir", type=Path, default=Path("model"))
-    ap.add_argument("--plots-dir", type=Path, default=Path("plots"))
-    ap.add_argument("--out", type=Path, default=Path("report"))
+    ap.add_argument("--metrics-dir", type=Path, default=Path("metrics"),
+                    help="folder of {teacher,student,distilled}.json (default: metrics)")
+    ap.add_argument("--models-dir", type=Path, default=Path("model"),
+                    help="folder of the three checkpoints (default: model)")
+    ap.add_argument("--plots-dir", type=Path, default=Path("plots"),
+                    help="folder of the per-epoch CSVs (default: plots)")
+    ap.add_argument("--out", type=Path, default=Path("report"),
+                    help="folder for report.md and accuracy.png (default: report)")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 

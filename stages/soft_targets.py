@@ -19,8 +19,10 @@ from kd import cli, data, device, io, loop, metrics, tracking, training
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     ap.add_argument("--data", help="prepared dataset folder (default: data/<dataset>)")
-    ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"))
-    ap.add_argument("--out", type=Path, default=Path("model/soft_targets.pt"))
+    ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"),
+                    help="teacher checkpoint (default: model/teacher.pt)")
+    ap.add_argument("--out", type=Path, default=Path("model/soft_targets.pt"),
+                    help="logits file to write (default: model/soft_targets.pt)")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 

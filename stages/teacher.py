@@ -18,9 +18,12 @@ from kd.archs import resolve_arch
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     ap.add_argument("--data", help="prepared dataset folder (default: data/<dataset>)")
-    ap.add_argument("--model", type=Path, default=Path("model/teacher.pt"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/teacher.json"))
-    ap.add_argument("--plots", type=Path, default=Path("plots/teacher.csv"))
+    ap.add_argument("--model", type=Path, default=Path("model/teacher.pt"),
+                    help="checkpoint to write (default: model/teacher.pt)")
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/teacher.json"),
+                    help="final metrics JSON (default: metrics/teacher.json)")
+    ap.add_argument("--plots", type=Path, default=Path("plots/teacher.csv"),
+                    help="per-epoch metrics CSV (default: plots/teacher.csv)")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 

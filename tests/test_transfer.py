@@ -73,7 +73,8 @@ def test_distill_stage_omits_a_class_and_corrects_its_bias(workdir, mlflow_store
         assert 0.0 <= m["bias_correction"] <= 15.0
     else:
         assert m["bias_correction"] == 3.5
-    assert "test_acc_uncorrected" in m and "test_errors_uncorrected" in m
+    assert sum(m["test_errors_per_class_uncorrected"]) == m["test_errors_uncorrected"]
+    assert m["test_acc_uncorrected"] == pytest.approx(1 - m["test_errors_uncorrected"] / 297)
 
 
 def test_distill_stage_on_a_fraction(workdir, mlflow_store):
