@@ -1,8 +1,9 @@
 """What every benchmark shares: the table row, timing, child processes and the machine line.
 
-Timing rule: warm up first, then run the contenders of one comparison in turns (A B A B ...) and
-take each one's median, so a neighbour's job that starts half-way slows both sides alike and the
-ratio stays fair on a shared machine.
+Timing rule: warm up first, then run the contenders of one comparison in turns (A B A B ...), and
+compare them round by round (the median of the per-round ratios), so a neighbour's job that starts
+half-way slows both sides alike and the ratio stays fair on a shared machine. Absolute numbers
+still move with the load: the machine line prints the load average for that reason.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,24 +46,46 @@ def table(rows: list[Row]) -> str:
                           f"{mark[r.met]} |\n" for r in rows)
 
 
+def ratio_row(name: str, pipe: list[float], ref: list[float], unit: str,
+              target: float | None = None, at_least: bool = True) -> Row:
+    """Medians of both sides; the ratio is the median of the per-round ratios, with their range."""
+    ratios = per_round(pipe, ref)
+    r = statistics.median(ratios)
+    spread = f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ""
+    met = None if target is None else (r >= target if at_least else r <= target)
+    target_txt = "—" if target is None else f"{'>=' if at_least else '<='} {target:g}"
+    return Row(name, _num(statistics.median(pipe), unit), _num(statistics.median(ref), unit),
+               f"{r:.2f}{spread}", target_txt, met)
+
+
+def _num(v: float, unit: str) -> str:
+    return f"{v:,.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+
+
 def progress(msg: str) -> None:
     """Progress goes to stderr so that stdout holds only the machine lines and the table."""
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def machine_lines(dev: torch.device) -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
+def cpu_description() -> str:
+    """Model name, family/model (a hypervisor may shorten the name) and the widest vector ISA."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ":" in line)
     except OSError:
-        pass
+        return platform.processor() or "unknown CPU"
+    info = {k.strip(): v.strip() for k, v in info.items()}  # one entry per key: the last CPU's
+    flags = info.get("flags", "").split()
+    isa = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "no AVX")
+    return (f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')}, "
+            f"model {info.get('model', '?')}, {isa})")
+
+
+def machine_lines(dev: torch.device) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = f", GPU {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""
     load = ", load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
-    return [f"- machine: {cpu}, {os.cpu_count()} cores ({usable} usable){load}{gpu}",
+    return [f"- machine: {cpu_description()}, {os.cpu_count()} cores ({usable} usable){load}{gpu}",
             f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
             f"{torch.get_num_interop_threads()} inter-op threads, device {dev}, "
             f"Python {platform.python_version()}"]
@@ -129,27 +151,38 @@ def child_env(**extra: str) -> dict[str, str]:
 @dataclass
 class Child:
     seconds: float
-    max_rss: int  # bytes: the peak resident memory of that one child (its own rusage)
+    max_rss: int  # bytes: the peak resident memory of the command itself
     output: str
 
 
+# Runs the command and writes "<peak RSS KiB> <seconds> <exit status>" to a file. Why a small
+# go-between: Linux carries a process's peak RSS across fork and exec, so a child forked straight
+# from this (large) benchmark process would report at least our own RSS; forked from this small
+# wrapper it reports its own. os.wait4 gives that one child's rusage (RUSAGE_CHILDREN would be
+# the maximum over every child so far).
+_WRAPPER = """import os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - t0
+code = os.waitstatus_to_exitcode(status)
+open(sys.argv[1], "w").write(f"{usage.ru_maxrss} {seconds} {code}")
+"""
+
+
 def run_child(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600) -> Child:
-    """Run a command; os.wait4 gives that child's own peak RSS (RUSAGE_CHILDREN would be the
-    maximum over every child so far). Output goes to a file: a full pipe would block the child."""
-    with tempfile.TemporaryFile("w+") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        # A blocking wait4 keeps the timing exact; the timer only guards against a hung child.
-        guard = threading.Timer(timeout, proc.kill)
-        guard.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            guard.cancel()
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} (in {cwd}) exited {proc.returncode}:\n{text[-3000:]}")
-    return Child(seconds, usage.ru_maxrss * 1024, text)  # Linux reports ru_maxrss in KiB
+    """Run a command: its wall time, its own peak RSS, its output (stdout and stderr).
+
+    Output goes to a file: a full pipe would block the child."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stats, log = Path(tmp) / "stats", Path(tmp) / "log"
+        with open(log, "w") as out:
+            subprocess.run([PYTHON, "-c", _WRAPPER, str(stats), *cmd], cwd=cwd, env=env,
+                           stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+        text = log.read_text()
+        if not stats.is_file():
+            raise RuntimeError(f"{' '.join(cmd)} (in {cwd}) did not run:\n{text[-3000:]}")
+        rss_kib, seconds, code = stats.read_text().split()
+    if int(code) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} (in {cwd}) exited {code}:\n{text[-3000:]}")
+    return Child(float(seconds), int(rss_kib) * 1024, text)  # Linux: ru_maxrss is in KiB

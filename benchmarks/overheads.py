@@ -12,8 +12,10 @@ import statistics
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from benchmarks.common import PYTHON, ROOT, Child, child_env, env_vars, progress, run_child
@@ -58,28 +60,50 @@ def workspace_params(dataset: str, data_root: str | None, epochs: int, **top) ->
     return p
 
 
-def mlflow_costs(epoch_row: dict, calls: int) -> tuple[float, float]:
-    """(seconds to open a stage's run on a new SQLite store, median seconds of one epoch's
-    log_metrics), through kd.tracking as the stages use it."""
+@dataclass
+class MlflowCosts:
+    new_store: float  # seconds to open a stage's run on a new store (first use: import, tables)
+    existing_store: float  # the same on a store that exists (every later stage)
+    log_epoch: float  # median seconds of log_metrics of one epoch's dict
+    import_pytorch_flavor: float  # seconds of `import mlflow.pytorch` (log_model needs it)
+    log_model: float  # seconds of one StageRun.log_model, as every training stage does it
+
+
+def mlflow_costs(epoch_row: dict, calls: int, model: torch.nn.Module, example: torch.Tensor
+                 ) -> MlflowCosts:
+    """Through kd.tracking as the stages use it, on a temporary SQLite store."""
     from kd import tracking
+
+    def open_run(stack: ExitStack) -> tuple[object, float]:
+        t0 = time.perf_counter()
+        run = stack.enter_context(tracking.stage_run("bench", "bench", {"seed": 0}))
+        return run, time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp, env_vars(
             MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MLFLOW_DISABLE_TELEMETRY="true",
-            KD_TRACKING="on"), ExitStack() as stack:
-        t0 = time.perf_counter()
-        run = stack.enter_context(tracking.stage_run("bench", "bench", {"seed": 0}))
-        setup = time.perf_counter() - t0
-        times = []
-        for step in range(1, calls + 1):
+            KD_TRACKING="on"):
+        with ExitStack() as stack:
+            run, new_store = open_run(stack)
+            times = []
+            for step in range(1, calls + 1):
+                t0 = time.perf_counter()
+                run.log_metrics(epoch_row, step)
+                times.append(time.perf_counter() - t0)
+        with ExitStack() as stack:
+            run, existing = open_run(stack)
             t0 = time.perf_counter()
-            run.log_metrics(epoch_row, step)
-            times.append(time.perf_counter() - t0)
-    return setup, statistics.median(times)
+            import mlflow.pytorch  # noqa: F401  (timed apart from log_model's own work)
+            t1 = time.perf_counter()
+            run.log_model(model, example)
+            t2 = time.perf_counter()
+    return MlflowCosts(new_store, existing, statistics.median(times), t1 - t0, t2 - t1)
 
 
-def run_stages(dataset: str, data_root: str | None, epochs: int) -> dict[str, Child]:
+def run_stages(dataset: str, data_root: str | None, epochs: int
+               ) -> dict[str, tuple[Child, float | None]]:
     """Each stage as `python -m stages.X` in DAG order, in a temporary folder, tracked in a
-    temporary MLflow store: wall time and the child's own peak RSS."""
+    temporary MLflow store: the child (wall time, its own peak RSS) and, for the training
+    stages, the training seconds from its metrics file (wall - training = the stage's overhead)."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
@@ -87,7 +111,11 @@ def run_stages(dataset: str, data_root: str | None, epochs: int) -> dict[str, Ch
         env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{ws / 'mlflow.db'}")
         for stage in STAGES:
             progress(f"stage {stage} on {dataset}")
-            results[stage] = run_child([PYTHON, "-m", f"stages.{stage}"], ws, env)
+            child = run_child([PYTHON, "-m", f"stages.{stage}"], ws, env)
+            name = {"distill": "distilled"}.get(stage, stage)
+            metrics = ws / "metrics" / f"{name}.json"
+            train_s = json.loads(metrics.read_text())["train_seconds"] if metrics.is_file() else None
+            results[stage] = (child, train_s)
     return results
 
 

@@ -8,11 +8,15 @@ Measures, side by side in one run (ratios are what count on a shared machine):
   3. one distillation epoch over one student-baseline epoch, cached soft targets (target <= 1.05)
      and teacher run online;
   4. the teacher's evaluation samples/s on the test split (kd.loop.predict);
-  5. start-up (python, torch, mlflow, each stage's --help), data load, MLflow cost per epoch
-     (target < 2% of an epoch); with --pipeline also `dvc repro` with nothing to do and
-     `dvc exp run -S T=4` less distill training, in a temporary git copy;
+  5. start-up (python, torch, torchvision, mlflow, each stage's --help), data load, MLflow cost
+     per epoch (target < 2% of an epoch) and per stage (run set-up, log_model); with --pipeline
+     also `dvc repro` with nothing to do and `dvc exp run -S T=4` less distill training, in a
+     temporary git copy of the project;
   6./7. with --stages: every stage as a child process on Fashion-MNIST: wall time and peak RSS
-     (target < 1.5 GiB).
+     (target < 1.5 GiB); `--stages --stage-epochs 0` is the default `dvc repro`, stage by stage.
+
+A GPU is used when there is one (kd.device.pick()); ratios there use the same bf16 autocast as the
+loop. Seeds are fixed; absolute numbers follow the machine's load, printed at the top.
 
 Run: python benchmarks/throughput.py [--quick] [--stages] [--pipeline]; progress goes to stderr,
 the machine and the table to stdout. The project's own data/, model/ and mlflow.db are not touched.
@@ -38,7 +42,7 @@ import torch
 import yaml
 
 from benchmarks import compute, loops, overheads
-from benchmarks.common import GIB, Row, env_vars, interleaved, machine_lines, per_round, progress, table
+from benchmarks.common import GIB, Row, env_vars, interleaved, machine_lines, progress, ratio_row, table
 from kd import data as kd_data
 from kd import device, loop, models
 from kd.params import load as load_params
@@ -50,9 +54,10 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0], epilog=__doc__.partition(
         "\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", type=int, default=100,
-                    help="training batches per timed repeat (default: 100)")
-    ap.add_argument("--warmup", type=int, default=10, help="untimed batches first (default: 10)")
+    ap.add_argument("--batches", type=int, default=50,
+                    help="training batches per contender per round (default: 50)")
+    ap.add_argument("--warmup", type=int, default=5,
+                    help="untimed batches per contender first (default: 5)")
     ap.add_argument("--repeats", type=int, default=5,
                     help="timed rounds; in each, every contender of a comparison runs once, "
                          "in turn; medians count (default: 5)")
@@ -62,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0,
                     help="DataLoader workers of the usual way (default: 0, the DataLoader default)")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch.set_num_threads for this process (default: 0 = torch's choice)")
+                    help="torch threads for this process and, as OMP_NUM_THREADS, for the stages "
+                         "it starts (default: 0 = torch's choice, one per core)")
     ap.add_argument("--data-root", default=FASHION,
                     help=f"folder with the four Fashion-MNIST IDX files (default: {FASHION})")
     ap.add_argument("--teacher-arch", default=loops.TEACHER_ARCH,
@@ -110,23 +116,6 @@ def prepare(ws: Path, args: argparse.Namespace, dev: torch.device) -> tuple[loop
     return setup, rows
 
 
-def ratio_row(name: str, pipe: list[float], ref: list[float], unit: str,
-              target: float | None = None, at_least: bool = True,
-              ratios: list[float] | None = None) -> Row:
-    """Medians of both sides; the ratio is the median of the per-round ratios, with their range."""
-    ratios = per_round(pipe, ref) if ratios is None else ratios
-    r = statistics.median(ratios)
-    spread = f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ""
-    met = None if target is None else (r >= target if at_least else r <= target)
-    target_txt = "—" if target is None else f"{'>=' if at_least else '<='} {target:g}"
-    return Row(name, _num(statistics.median(pipe), unit), _num(statistics.median(ref), unit),
-               f"{r:.2f}{spread}", target_txt, met)
-
-
-def _num(v: float, unit: str) -> str:
-    return f"{v:,.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
-
-
 def training_rows(s: loops.Setup, args) -> tuple[list[Row], dict[str, list[float]]]:
     """Items 1 and 3 (student side): usual vs pipeline; distillation vs the student baseline."""
     st, dr = loops.role(s, "student"), loops.distill_role(s)
@@ -161,6 +150,7 @@ def teacher_rows(s: loops.Setup, args) -> tuple[list[Row], dict[str, list[float]
            "gemm": compute.gemm_rate(s.dev, bs, shapes), "opt_ms": compute.optimizer_step_ms(s, t)}
     try:
         fns["fused_opt_ms"] = compute.optimizer_step_ms(s, t, fused=True)
+        fns["pipeline_fused"] = loops.pipeline_train_fused(s, t)
     except (RuntimeError, TypeError):  # fused SGD is not available on every device
         pass
     progress(f"teacher {s.teacher_arch}: usual, pipeline, GEMMs, optimizer.step")
@@ -174,7 +164,10 @@ def teacher_rows(s: loops.Setup, args) -> tuple[list[Row], dict[str, list[float]
             ratio_row(f"2. teacher achieved FLOP rate (6 x {n_params:,} params x samples/s) vs "
                       f"{kind} GEMMs of {layers}, batch {bs}", [a / 1e9 for a in achieved],
                       [g / 1e9 for g in tr["gemm"]], "GFLOP/s", 0.9),
-            step_split_row(tr, shapes, bs)], tr
+            step_split_row(tr, shapes, bs),
+            *([ratio_row("2. what-if: teacher training in kd.loop.fit with SGD(fused=True) vs "
+                         "as is", tr["pipeline_fused"], tr["pipeline"], "samples/s")]
+              if "pipeline_fused" in tr else [])], tr
 
 
 def step_split_row(tr: dict[str, list[float]], shapes: list[tuple[int, int]], bs: int) -> Row:
@@ -219,7 +212,7 @@ def input_rows(s: loops.Setup, student: dict, teacher: dict, args) -> list[Row]:
 def eval_rows(s: loops.Setup, args) -> list[Row]:
     """Item 4: kd.loop.predict on the test split at the loop's EVAL_BATCH vs a DataLoader loop,
     and vs other batch sizes (a smaller batch holds fewer activations at once)."""
-    n = min(len(s.ds.test), max(1000, args.batches * 128))
+    n = min(len(s.ds.test), 1000) if args.quick else len(s.ds.test)
     progress(f"teacher evaluation on {n:,} test images")
     others = [b for b in (256, 4096) if b != loop.EVAL_BATCH]
     er = interleaved(compute.eval_rates(s, loops.role(s, "teacher"), n, (loop.EVAL_BATCH, *others)),
@@ -231,17 +224,23 @@ def eval_rows(s: loops.Setup, args) -> list[Row]:
                         er[f"predict@{b}"], "samples/s") for b in others)]
 
 
-def mlflow_rows(epoch_row: dict, student_rates: list[float], n_train: int, args) -> list[Row]:
-    """Item 5: MLflow per epoch as a share of the shortest epoch (the student's)."""
-    progress("MLflow: new SQLite store, then log_metrics of one epoch's dict")
-    setup_s, log_s = overheads.mlflow_costs(epoch_row, 3 if args.quick else 20)
-    epoch_s = n_train / statistics.median(student_rates)
-    share = log_s / epoch_s
+def mlflow_rows(s: loops.Setup, student_rates: list[float], args) -> list[Row]:
+    """Item 5: MLflow per epoch as a share of the shortest epoch (the student's), and per stage."""
+    progress("MLflow: new SQLite store, log_metrics of one epoch's dict, log_model")
+    teacher = loops.build(s, loops.role(s, "teacher"))
+    example = kd_data.normalize(s.ds.test.x[:2], s.ds.mean, s.ds.std)  # as training.py logs it
+    c = overheads.mlflow_costs(loops.student_epoch_row(s), 3 if args.quick else 20, teacher,
+                               example)
+    epoch_s = len(s.ds.train) / statistics.median(student_rates)
+    share = c.log_epoch / epoch_s
     return [Row("5. MLflow log_metrics of one epoch's dict / one student epoch (training only)",
-                f"{1000 * log_s:.1f} ms", f"{epoch_s:.1f} s", f"{100 * share:.3f}%", "< 2%",
-                share < 0.02),
-            Row("5. MLflow run set-up per stage (import mlflow, new SQLite store, experiment, "
-                "start_run, log_params)", f"{setup_s:.2f} s")]
+                f"{1000 * c.log_epoch:.1f} ms", f"{epoch_s:.1f} s", f"{100 * share:.3f}%",
+                "< 2%", share < 0.02),
+            Row("5. MLflow run set-up per stage: existing store / new store (import mlflow, "
+                "create tables, experiment)", f"{c.existing_store:.2f} s / {c.new_store:.2f} s"),
+            Row(f"5. MLflow log_model of the teacher ({s.teacher_arch}, torch.export), once per "
+                "training stage: import mlflow.pytorch + log_model",
+                f"{c.import_pytorch_flavor:.2f} s + {c.log_model:.2f} s")]
 
 
 def startup_rows(args) -> list[Row]:
@@ -259,13 +258,16 @@ def startup_rows(args) -> list[Row]:
 
 
 def stage_rows(args) -> list[Row]:
-    """Items 6 and 7: each stage as a child process: wall time and peak RSS."""
+    """Items 6 and 7: each stage as a child process: wall time (training part) and peak RSS."""
     epochs = "params.yaml epochs" if args.stage_epochs == 0 else f"{args.stage_epochs} epoch(s)"
     runs = overheads.run_stages("fashion-mnist", args.data_root, args.stage_epochs)
-    rows = [Row(f"6/7. stage {name} (fashion-mnist, {epochs}): wall, peak RSS",
-                f"{c.seconds:.1f} s, {c.max_rss / GIB:.2f} GiB", target="< 1.5 GiB",
-                met=c.max_rss < 1.5 * GIB) for name, c in runs.items()]
-    total = sum(c.seconds for c in runs.values())
+    rows = []
+    for name, (c, train_s) in runs.items():
+        trained = "" if train_s is None else f" ({train_s:.1f} s training)"
+        rows.append(Row(f"6/7. stage {name} (fashion-mnist, {epochs}): wall, peak RSS",
+                        f"{c.seconds:.1f} s{trained}, {c.max_rss / GIB:.2f} GiB",
+                        target="< 1.5 GiB", met=c.max_rss < 1.5 * GIB))
+    total = sum(c.seconds for c, _ in runs.values())
     rows.append(Row(f"7. all stages in sequence (fashion-mnist, {epochs})", f"{total:.0f} s"))
     return rows
 
@@ -285,9 +287,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the stages run as children inherit it
     torch.manual_seed(0)
     dev = device.pick()
-    print("\n".join(machine_lines(dev)) + "\n", flush=True)
+    print("\n".join(machine_lines(dev)), flush=True)
+    if os.getloadavg()[0] > 0.75 * (os.cpu_count() or 1) and dev.type == "cpu":
+        # torch's threads meet at a barrier after every op: with cores taken by other jobs, one
+        # descheduled thread stalls the rest, and small ops slow down several-fold.
+        print("- note: the machine is busy (1-minute load average above 3/4 of the cores): absolute "
+              "numbers are low and noisy; compare ratios, or try --threads 1", flush=True)
+    print(flush=True)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as tmp:
         s, data_rows = prepare(Path(tmp), args, dev)
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         s_rows, student = training_rows(s, args)
         rows = (t_rows[:1] + s_rows[:1] + input_rows(s, student, teacher, args) + t_rows[1:]
                 + s_rows[1:] + eval_rows(s, args) + data_rows
-                + mlflow_rows(loops.student_epoch_row(s), student["pipeline"], len(s.ds.train), args)
+                + mlflow_rows(s, student["pipeline"], args)
                 + startup_rows(args))
     if args.pipeline:
         rows += dvc_rows(args)

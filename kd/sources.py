@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
 
 from kd.errors import PipelineError
 
@@ -43,8 +42,16 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot")
 # Where Debian's and Ubuntu's `dataset-fashion-mnist` package installs the four IDX files.
 SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
-TORCHVISION = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST,
-               "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
+# torchvision's dataset classes, by name: importing torchvision.datasets costs seconds and ~170 MB,
+# so it happens only when a CIFAR folder is read or something must be downloaded.
+TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10",
+               "cifar100": "CIFAR100"}
+
+
+def torchvision_class(dataset: str) -> type:
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, TORCHVISION[dataset])
 OFFLINE_HELP = {
     "fashion-mnist": "install the Debian/Ubuntu package dataset-fashion-mnist, or put the four "
                      "IDX files (.gz or not) in a folder and set data.root to it",
@@ -146,7 +153,9 @@ def read_cifar_folder(folder: Path, cls: type, scratch: Path) -> Raw:
     base = folder / cls.base_folder if (folder / cls.base_folder).is_dir() else folder
     tar = folder / cls.filename
     if not (base / cls.meta["filename"]).is_file() and tar.is_file():
-        tvd.utils.extract_archive(str(tar), str(scratch))
+        from torchvision.datasets.utils import extract_archive
+
+        extract_archive(str(tar), str(scratch))
         base = scratch / cls.base_folder
     sums = {}
 
@@ -199,12 +208,12 @@ def _read_folder(dataset: str, folder: Path, cache: Path) -> Raw:
         raw = read_idx_folder(folder, IDX_SHA256[dataset])
         raw.classes = FASHION_CLASSES if dataset == "fashion-mnist" else tuple(map(str, range(10)))
         return raw
-    return read_cifar_folder(folder, TORCHVISION[dataset], cache)
+    return read_cifar_folder(folder, torchvision_class(dataset), cache)
 
 
 def _download(dataset: str, cache: Path) -> Path:
     """Let torchvision fetch the files; return the folder our reader should read."""
-    cls = TORCHVISION[dataset]
+    cls = torchvision_class(dataset)
     for train in (True, False):
         cls(str(cache), train=train, download=True)
     if dataset in IDX_SHA256:
