@@ -63,9 +63,10 @@ class Stat:
 
 @dataclass(frozen=True)
 class Group:
-    """The rows of one dataset, alpha and T, aggregated over their seeds."""
+    """The rows of one dataset, setting, alpha and T, aggregated over their seeds."""
 
     dataset: str
+    setting: str  # other params where they differ from the sweep's usual value; "" for none
     alpha: float
     T: float
     seeds: tuple[int, ...]
@@ -188,17 +189,33 @@ def stat(values: Iterable[float]) -> Stat:
 
 
 def aggregate(rows: list[Row]) -> list[Group]:
-    """Rows -> one Group per (dataset, alpha, T), sorted by those three."""
-    by_key: dict[tuple[str, float, float], list[Row]] = {}
-    for r in rows:
-        by_key.setdefault((r.dataset, r.alpha, r.T), []).append(r)
-    return [Group(dataset=d, alpha=a, T=t, seeds=tuple(sorted(r.seed for r in rs)),
+    """Rows -> one Group per (dataset, setting, alpha, T), sorted by those four.
+
+    Rows whose other params differ (an omitted class, a fraction of the transfer set) are kept
+    apart, never pooled as if they were seeds of one setting.
+    """
+    labels = settings(rows)
+    by_key: dict[tuple[str, str, float, float], list[Row]] = {}
+    for r, label in zip(rows, labels, strict=True):
+        by_key.setdefault((r.dataset, label, r.alpha, r.T), []).append(r)
+    return [Group(dataset=d, setting=label, alpha=a, T=t, seeds=tuple(sorted(r.seed for r in rs)),
                   distilled_acc=stat(r.distilled_acc for r in rs),
                   distilled_errors=stat(r.distilled_errors for r in rs),
                   gain=stat(r.distilled_acc - r.student_acc for r in rs),
                   teacher_acc=stat(r.teacher_acc for r in rs),
                   student_acc=stat(r.student_acc for r in rs))
-            for (d, a, t), rs in sorted(by_key.items())]
+            for (d, label, a, t), rs in sorted(by_key.items())]
+
+
+def settings(rows: list[Row]) -> list[str]:
+    """Per row, "key=value, ..." for the other params where it differs from the most common value."""
+    varying = varying_params(rows)
+    usual = {}
+    for key in varying:
+        values = [json.dumps(r.config.get(key), sort_keys=True) for r in rows]
+        usual[key] = max(set(values), key=values.count)
+    return [", ".join(f"{k}={json.dumps(r.config.get(k))}" for k in varying
+                      if json.dumps(r.config.get(k), sort_keys=True) != usual[k]) for r in rows]
 
 
 def references(rows: list[Row], dataset: str) -> dict[str, Stat]:
@@ -227,7 +244,8 @@ def varying_params(rows: list[Row]) -> list[str]:
 
 def repeated_seeds(groups: list[Group]) -> list[str]:
     """Settings ("dataset alpha=a T=t") that hold one seed more than once: not a spread over seeds."""
-    return [f"{g.dataset} alpha={g.alpha:g} T={g.T:g}" for g in groups if len(set(g.seeds)) < len(g.seeds)]
+    return [f"{g.dataset} {g.setting + ' ' if g.setting else ''}alpha={g.alpha:g} T={g.T:g}"
+            for g in groups if len(set(g.seeds)) < len(g.seeds)]
 
 
 # --- markdown ------------------------------------------------------------------------------------
@@ -238,15 +256,16 @@ def _pct(s: Stat) -> str:
 
 
 def summary_table(groups: list[Group]) -> str:
-    """One line per dataset, alpha and T; accuracies in %, mean ± std when several seeds."""
-    lines = ["| dataset | alpha | T | seeds | distilled acc (%) | distilled errors | "
+    """One line per dataset, setting, alpha and T; accuracies in %, mean ± std over seeds."""
+    lines = ["| dataset | setting | alpha | T | seeds | distilled acc (%) | distilled errors | "
              "gain over student (points) | student acc (%) | teacher acc (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
         errors = f"{g.distilled_errors.mean:.1f}" if g.distilled_errors.n > 1 \
             else f"{g.distilled_errors.mean:.0f}"
         gain = f"{100 * g.gain.mean:+.2f}" + (f" ± {100 * g.gain.std:.2f}" if g.gain.n > 1 else "")
-        lines.append(f"| {g.dataset} | {g.alpha:g} | {g.T:g} | {', '.join(map(str, g.seeds))} | "
+        lines.append(f"| {g.dataset} | {g.setting or '—'} | {g.alpha:g} | {g.T:g} | "
+                     f"{', '.join(map(str, g.seeds))} | "
                      f"{_pct(g.distilled_acc)} | {errors} | {gain} | {_pct(g.student_acc)} | "
                      f"{_pct(g.teacher_acc)} |")
     return "\n".join(lines) + "\n"
@@ -276,8 +295,8 @@ def markdown(rows: list[Row], plot_name: str | None = None) -> str:
              summary_table(groups)]
     varying = varying_params(rows)
     if varying:
-        parts.append(f"**Warning:** these params also differ between experiments and are pooled "
-                     f"above as if they were seeds of one setting: {', '.join(varying)}.\n")
+        parts.append(f"Experiments also differ in {', '.join(varying)}: each setting is its own "
+                     "row (and line in the plot), never pooled with the others.\n")
     repeated = repeated_seeds(groups)
     if repeated:
         # The usual cause: the same experiment run twice under different names.
@@ -313,11 +332,11 @@ def _panel(ax, groups: list[Group], refs: dict[str, Stat], dataset: str) -> None
                    label=label + (f" (n={ref.n})" if ref.n > 1 else ""))
         if ref.n > 1:
             ax.axhspan(100 * (ref.mean - ref.std), 100 * (ref.mean + ref.std), color=color, alpha=0.12)
-    for alpha in sorted({g.alpha for g in groups}):
-        line = [g for g in groups if g.alpha == alpha]
+    for setting, alpha in sorted({(g.setting, g.alpha) for g in groups}):
+        line = [g for g in groups if (g.setting, g.alpha) == (setting, alpha)]
         ax.errorbar([g.T for g in line], [100 * g.distilled_acc.mean for g in line],
                     yerr=[100 * g.distilled_acc.std for g in line], marker="o", markersize=4,
-                    capsize=3, label=f"distilled, alpha={alpha:g}")
+                    capsize=3, label=f"distilled, alpha={alpha:g}" + (f", {setting}" if setting else ""))
     temps = sorted({g.T for g in groups})
     # Temperatures are swept geometrically (1, 2, 4, 8, 20): a log axis spaces them evenly.
     ax.set_xscale("log", base=2)

@@ -126,18 +126,21 @@ def test_references_count_each_seed_once(records):
 def test_markdown_has_a_line_per_setting_and_per_experiment(records):
     rows, _ = sweep.parse(records)
     md = sweep.markdown(rows, "accuracy_vs_T.png")
-    assert "| digits | 0.9 | 1 | 0, 1 | 32.49 ± 6.90 | 200.5 | -41.75 ± 13.81 |" in md
-    assert "| digits | 0.5 | 2 | 0 | 64.65 | 105 | -14.48 | 79.12 | 78.11 |" in md
+    assert "| digits | — | 0.9 | 1 | 0, 1 | 32.49 ± 6.90 | 200.5 | -41.75 ± 13.81 |" in md
+    assert "| digits | — | 0.5 | 2 | 0 | 64.65 | 105 | -14.48 | 79.12 | 78.11 |" in md
     assert "| every-dirk | `1d9a430` | digits | 1 | 0.9 | 0 | 78.11 | 79.12 | 27.61 |" in md
-    assert "Warning" not in md and "](accuracy_vs_T.png)" in md
+    assert "Warning" not in md and "differ in" not in md and "](accuracy_vs_T.png)" in md
     assert sweep.repeated_seeds(sweep.aggregate(rows)) == []
 
 
-def test_markdown_warns_when_other_params_differ(records):
+def test_other_params_make_their_own_setting_never_pooled(records):
     params_of(records, "muley-seam")["distill"]["epochs"] = 5
     rows, _ = sweep.parse(records)
     assert sweep.varying_params(rows) == ["distill.epochs"]
-    assert "**Warning:**" in sweep.markdown(rows) and "distill.epochs" in sweep.markdown(rows)
+    odd = [g for g in sweep.aggregate(rows) if g.setting]
+    assert [(g.setting, g.seeds) for g in odd] == [("distill.epochs=5", (1,))]
+    md = sweep.markdown(rows)
+    assert "differ in distill.epochs" in md and "| distill.epochs=5 |" in md
 
 
 def test_plot_is_a_png_written_atomically(records, tmp_path):
