@@ -2,7 +2,7 @@
 # One entry point for a fresh machine: installs what is missing, then runs the pipeline or tests.
 #
 #   bash run.sh pipeline   # uv + locked deps + Fashion-MNIST (Debian package), then `dvc repro`
-#   bash run.sh tests      # uv + locked deps, then the test suite
+#   bash run.sh tests      # the same installs, then the test suite
 #
 # Extra arguments go to the command: `bash run.sh tests -k losses`, `bash run.sh pipeline teacher`.
 set -euo pipefail
@@ -32,6 +32,6 @@ need_fashion_mnist() {
 
 case "${1:-}" in
   pipeline) shift; need_uv; need_fashion_mnist; uv run dvc repro "$@" ;;
-  tests)    shift; need_uv; uv run pytest "$@" ;;
+  tests)    shift; need_uv; need_fashion_mnist; uv run pytest "$@" ;;
   *) echo "usage: bash run.sh pipeline|tests [args...]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,23 @@
+"""The benchmark script runs and prints its table (numbers are for people, not asserted here:
+speed targets live in the benchmark, never in timed unit tests)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kd.sources import SYSTEM_DIRS
+from tests.conftest import ROOT
+
+
+@pytest.mark.skipif(not SYSTEM_DIRS["fashion-mnist"].is_dir(),
+                    reason="needs the Debian package dataset-fashion-mnist")
+def test_quick_benchmark_prints_every_measurement():
+    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| measurement |")
+    for item in ("1. teacher", "1. student", "2. teacher", "3. distill epoch", "4. teacher eval",
+                 "5. MLflow log_metrics"):
+        assert any(row.startswith(f"| {item}") for row in table), item
