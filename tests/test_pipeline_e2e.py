@@ -50,14 +50,19 @@ def count(all_runs, stage: str) -> int:
     return sum(r.info.run_name == stage for r in all_runs)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    for rel in PROJECT_FILES:
+def make_project_repo(repo: Path) -> None:
+    """A git repository holding a copy of the project (every tracked file, plus the project's
+    folders as they are now) on digits with one epoch per model."""
+    tracked = sh(ROOT, "git", "ls-files").splitlines()
+    for rel in sorted({*tracked, *PROJECT_FILES}):
         src, dst = ROOT / rel, repo / rel
+        if not src.exists() or rel.startswith(("data/", "model/", "metrics/", "plots/", "report/",
+                                               "results/", "dvc.lock")):
+            continue  # deleted but not committed, or outputs of the real run
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"),
+                            dirs_exist_ok=True)
         else:
             shutil.copy2(src, dst)
     params = tiny_params()
@@ -67,6 +72,12 @@ def repo(tmp_path_factory) -> Path:
     sh(repo, "git", "init", "-q", "-b", "main")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    make_project_repo(repo)
     return repo
 
 

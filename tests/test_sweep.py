@@ -10,17 +10,14 @@ showing half-written metrics). The digits test split has 297 images.
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kd import sweep
-from tests.conftest import ROOT, tiny_params
-from tests.test_pipeline_e2e import PROJECT_FILES, _env
+from tests.test_pipeline_e2e import _env, make_project_repo
 from tools import sweep as sweep_cli
 
 CAPTURED = Path(__file__).parent / "data" / "exp_show.json"
@@ -206,28 +203,6 @@ def sh(repo: Path, *cmd: str, timeout: int = 600) -> str:
     return proc.stdout + proc.stderr
 
 
-def make_repo(repo: Path) -> None:
-    """A git repository holding a copy of the project on digits with one epoch per model."""
-    # Every tracked file (presets.yaml and whatever joins it), plus kd/ and stages/ as they are.
-    tracked = sh(ROOT, "git", "ls-files").splitlines()
-    for rel in sorted({*tracked, *PROJECT_FILES}):
-        src, dst = ROOT / rel, repo / rel
-        if not src.exists():  # deleted, not yet committed
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, dst)
-    params = tiny_params()
-    for section in ("teacher", "student", "distill"):
-        params[section]["epochs"] = 1
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(repo, "git", "init", "-q", "-b", "main")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "project")
-
-
 def wait_for_queue(repo: Path, timeout: float = 480) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -241,7 +216,7 @@ def wait_for_queue(repo: Path, timeout: float = 480) -> str:
 def test_queued_T_sweep_to_table_and_plot(tmp_path, capsys):
     repo = tmp_path / "repo"
     repo.mkdir()
-    make_repo(repo)
+    make_project_repo(repo)
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline run")
@@ -253,7 +228,7 @@ def test_queued_T_sweep_to_table_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     md = (tmp_path / "sweep" / "sweep.md").read_text()
     for T in (1, 4, 8):  # the two queued temperatures and the baseline commit's
-        assert f"| digits | 0.9 | {T} | 0 |" in md
+        assert f"| digits | — | 0.9 | {T} | 0 |" in md
     assert "| workspace |" not in md  # it equals the baseline commit
     assert md.count("| digits |") == 2 * 3  # three settings, three experiments
     assert md in out
