@@ -181,10 +181,6 @@ class Params:
     raw: dict  # the validated values (preset applied), for logging to MLflow
     preset_changes: tuple[str, ...] = ()  # "teacher.lr: 0.05 -> 0.1" for each replaced value
 
-    def section(self, name: str) -> dict:
-        """The raw params a stage depends on, for MLflow (flattened there)."""
-        return {name: self.raw[name]}
-
 
 def _section(raw: dict, name: str, schema: dict) -> dict:
     sec = raw.get(name)

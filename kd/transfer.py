@@ -55,12 +55,6 @@ def absent_classes(labels: torch.Tensor, idx: torch.Tensor, num_classes: int) ->
     return [c for c in range(num_classes) if c not in present]
 
 
-def shifted(logits: torch.Tensor, classes: list[int], shift: float) -> torch.Tensor:
-    out = logits.clone()
-    out[:, classes] += shift
-    return out
-
-
 def best_bias_shift(val_logits: torch.Tensor, val_labels: torch.Tensor, classes: list[int]
                     ) -> float:
     """The shift of `classes`' logits that maximises validation accuracy (smallest on ties)."""
