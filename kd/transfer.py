@@ -51,7 +51,7 @@ def transfer_indices(labels: torch.Tensor, omit: tuple[int, ...], keep: tuple[in
 
 def absent_classes(labels: torch.Tensor, idx: torch.Tensor, num_classes: int) -> list[int]:
     """Classes with no image in the transfer set: the ones whose bias needs raising."""
-    present = set(labels.cpu()[idx].unique().tolist())
+    present = set(labels.cpu()[idx.cpu()].unique().tolist())
     return [c for c in range(num_classes) if c not in present]
 
 

@@ -24,6 +24,7 @@ import torch
 
 from kd import cli, data, device, metrics, training, transfer
 from kd.archs import resolve_arch
+from kd.errors import PipelineError
 from kd.losses import distillation_loss
 
 
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
         soft = torch.load(args.soft_targets, map_location=dev)
         if soft["dataset"] != p.dataset or len(soft["train"]) != len(ds.train):
-            raise FileNotFoundError(f"{args.soft_targets}: soft targets are for another dataset "
-                                    f"({soft['dataset']}); run the soft_targets stage first")
+            raise PipelineError(f"{args.soft_targets}: soft targets are for another dataset "
+                                f"({soft['dataset']}); run the soft_targets stage first")
         # The transfer set: all of train by default, or the paper's omitted/kept classes, fraction.
         t = p.transfer
         subset = transfer.transfer_indices(ds.train.y, t.omit_classes, t.keep_classes, t.fraction,
