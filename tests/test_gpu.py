@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 
-from tests.test_stages import run_stage
+from tests.test_stages import distill_with
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_stages_train_on_the_gpu_with_bf16(workdir, mlflow_store):
-    for name in ("download", "teacher", "soft_targets", "distill"):
-        run_stage(name)
+    distill_with(workdir)
     for name in ("teacher", "distilled"):
         m = json.loads((workdir / f"metrics/{name}.json").read_text())
         assert 0.0 <= m["test_acc"] <= 1.0 and m["test_loss"] == m["test_loss"]  # finite, not NaN

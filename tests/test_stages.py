@@ -19,6 +19,15 @@ def run_stage(name, *argv):
     importlib.import_module(f"stages.{name}").main(list(argv))
 
 
+def distill_with(workdir, **distill):
+    """Write tiny params with these `distill.*` values, then run the stages up to distill."""
+    raw = tiny_params()
+    raw["distill"].update(distill)
+    write_params(workdir, raw)
+    for name in ("download", "teacher", "soft_targets", "distill"):
+        run_stage(name)
+
+
 def runs_by_stage(uri):
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name("knowledge-distillation")
@@ -133,10 +142,6 @@ def test_divergence_stops_the_stage_and_writes_no_model(workdir, mlflow_store, c
 
 
 def test_online_teacher_when_distillation_augments(workdir, mlflow_store):
-    raw = tiny_params()
-    raw["distill"]["shift"] = 1
-    write_params(workdir, raw)
-    for name in ("download", "teacher", "soft_targets", "distill"):
-        run_stage(name)
+    distill_with(workdir, shift=1)
     _, runs = runs_by_stage(mlflow_store)
     assert runs["distill"][0].data.tags["soft_targets"] == "online"

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from kd.transfer import absent_classes, add_output_bias, best_bias_shift, transfer_indices
-from tests.conftest import tiny_params, write_params
-from tests.test_stages import run_stage
+from tests.test_stages import distill_with
 
 LABELS = torch.arange(200) % 10  # 20 images of each of 10 classes
 
@@ -61,11 +60,7 @@ def test_add_output_bias_touches_only_the_last_layer_classes():
 
 @pytest.mark.parametrize("setting", ["auto", 3.5])
 def test_distill_stage_omits_a_class_and_corrects_its_bias(workdir, mlflow_store, setting):
-    raw = tiny_params()
-    raw["distill"].update(omit_classes=[3], bias_correction=setting)
-    write_params(workdir, raw)
-    for name in ("download", "teacher", "soft_targets", "distill"):
-        run_stage(name)
+    distill_with(workdir, omit_classes=[3], bias_correction=setting)
     m = json.loads((workdir / "metrics/distilled.json").read_text())
     n_train_without_3 = sum(1 for y in torch.load(workdir / "data/digits/train.pt")["y"].tolist()
                             if y != 3)
@@ -79,11 +74,7 @@ def test_distill_stage_omits_a_class_and_corrects_its_bias(workdir, mlflow_store
 
 
 def test_distill_stage_on_a_fraction(workdir, mlflow_store):
-    raw = tiny_params()
-    raw["distill"]["fraction"] = 0.1
-    write_params(workdir, raw)
-    for name in ("download", "teacher", "soft_targets", "distill"):
-        run_stage(name)
+    distill_with(workdir, fraction=0.1)
     m = json.loads((workdir / "metrics/distilled.json").read_text())
     counts = torch.bincount(torch.load(workdir / "data/digits/train.pt")["y"], minlength=10)
     assert m["transfer_images"] == sum(max(1, round(0.1 * int(c))) for c in counts)  # 10% per class
