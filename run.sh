@@ -20,6 +20,22 @@ need_uv() {
   uv sync --frozen --python 3.11
 }
 
+need_plots_js() {
+  # vega, vega-lite and vega-embed (pinned in package-lock.json), inlined by tools/plots_template.py
+  # into the page template .dvc/config names, so `dvc plots show` renders offline.
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "run.sh: npm not found; skipping the offline page template for dvc plots show" >&2
+    return 0
+  fi
+  # npm ci wipes node_modules: rerun it only when the lock file is newer than the install.
+  if [ ! node_modules/.package-lock.json -nt package-lock.json ] &&
+     ! npm ci --no-audit --no-fund --silent; then
+    echo "run.sh: npm ci failed; dvc plots show will have no offline page template" >&2
+    return 0
+  fi
+  uv run python -m tools.plots_template >/dev/null
+}
+
 need_fashion_mnist() {
   # The Debian/Ubuntu package puts the four IDX files in /usr/share/datasets/fashion-mnist.
   [ -d /usr/share/datasets/fashion-mnist ] && return 0
@@ -31,7 +47,7 @@ need_fashion_mnist() {
 }
 
 case "${1:-}" in
-  pipeline) shift; need_uv; need_fashion_mnist; uv run dvc repro "$@" ;;
-  tests)    shift; need_uv; need_fashion_mnist; uv run pytest "$@" ;;
+  pipeline) shift; need_uv; need_plots_js; need_fashion_mnist; uv run dvc repro "$@" ;;
+  tests)    shift; need_uv; need_plots_js; need_fashion_mnist; uv run pytest "$@" ;;
   *) echo "usage: bash run.sh pipeline|tests [args...]" >&2; exit 2 ;;
 esac

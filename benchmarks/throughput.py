@@ -228,8 +228,10 @@ def mlflow_rows(s: loops.Setup, student_rates: list[float], args) -> list[Row]:
     """Item 5: MLflow per epoch as a share of the shortest epoch (the student's), and per stage."""
     progress("MLflow: new SQLite store, log_metrics of one epoch's dict, log_model")
     teacher = loops.build(s, loops.role(s, "teacher"))
-    example = kd_data.normalize(s.ds.test.x[:2], s.ds.mean, s.ds.std)  # as training.py logs it
-    c = overheads.mlflow_costs(loops.student_epoch_row(s), 3 if args.quick else 20, teacher,
+    # As training.record logs it: the net behind its normalisation, fed stored uint8 images.
+    servable = models.Servable(teacher, s.ds.mean, s.ds.std)
+    example = s.ds.test.x[:2]
+    c = overheads.mlflow_costs(loops.student_epoch_row(s), 3 if args.quick else 20, servable,
                                example)
     epoch_s = len(s.ds.train) / statistics.median(student_rates)
     share = c.log_epoch / epoch_s

@@ -30,9 +30,6 @@ def params_or_exit(path: str) -> Params:
     except ParamsError as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    if p.raw["preset"] != "none":
-        changes = "; ".join(p.preset_changes) or "no value differed"
-        print(f"preset {p.raw['preset']} (presets.yaml) replaced: {changes}")
     return p
 
 

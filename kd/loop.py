@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -61,6 +62,27 @@ def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BAT
     return torch.cat(outs)
 
 
+def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
+                    x: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the true labels, as a `LossFn` (the teacher and the student baseline)."""
+    return F.cross_entropy(logits, labels)
+
+
+def optimizer(model: nn.Module, cfg: Train, total_steps: int
+              ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+    """SGD (Nesterov when momentum > 0) under a one-cycle learning-rate schedule.
+
+    One-cycle warms up then anneals; it tolerates the large learning rates that make SGD fast.
+    Its default also cycles momentum between 0.85 and 0.95, which would overrule `momentum`
+    (even `momentum: 0` would train with momentum): cycle_momentum=False keeps it as set.
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                                cycle_momentum=False)
+    return opt, sched
+
+
 def batch_inputs(split: Split, idx: torch.Tensor, data: Dataset, cfg: Train,
                  gen: torch.Generator) -> torch.Tensor:
     """Cut a batch by index, augment it (on uint8: 4x less memory traffic), normalise it."""
@@ -80,10 +102,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
     # images wait for the next epoch.
     bs = min(cfg.batch_size, n)
     steps = n // bs
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    # One-cycle: warm up then anneal; tolerates the large learning rates that make SGD fast.
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
+    opt, sched = optimizer(model, cfg, total_steps=cfg.epochs * steps)
     gen = torch.Generator(device=dev).manual_seed(seed)
     history: list[dict[str, float]] = []
     best_acc, best_state, best_epoch = -1.0, None, 0

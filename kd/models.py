@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kd.archs import ARCH_HELP, parse_arch
+from kd.data import normalize
 
 
 class MLP(nn.Module):
@@ -92,6 +93,21 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
+
+
+class Servable(nn.Module):
+    """A trained net behind its input normalisation, as MLflow logs it: takes images exactly as
+    the download stage stores them (uint8, (N, C, H, W)) and returns logits, so a loaded model
+    needs nothing from `data/<dataset>/meta.json`."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(normalize(images, self.mean, self.std))
 
 
 def build(arch: str, in_shape: tuple[int, int, int], classes: int,

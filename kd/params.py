@@ -1,11 +1,14 @@
 """Load and validate params.yaml once, before any data or model is touched.
 
-In:  a path to params.yaml (DVC writes `-S key=value` overrides into it).
+In:  a path to params.yaml, which `dvc exp run` composes from conf/ (the base values, a dataset,
+     a preset and the `-S key=value` overrides: DVC's Hydra composition), so it holds the values
+     that run and that `dvc exp show` displays.
 Out: a `Params` object of plain dataclasses, or `ParamsError` with a one-line message that names
      the key and what is allowed. Stages turn that error into exit status 2.
 
-Every knob lives in params.yaml; nothing here supplies a hidden default. The schema below is the
-single list of allowed keys, so an unknown key (a typo such as `teacher.epoch`) is an error too.
+Every knob lives in params.yaml; nothing here supplies a hidden default or overlays other values.
+The schema below is the single list of allowed keys, so an unknown key (a typo such as
+`teacher.epoch`) is an error too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from kd.errors import PipelineError
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits")
 NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10}
+# The presets (conf/preset/<name>.yaml, selected with `-S preset=<name>`) and the datasets each
+# is made for; tests/test_params.py pins these names to the files.
+PRESETS = {
+    "none": DATASETS,
+    "hinton-mnist": ("mnist", "fashion-mnist"),
+    "cifar100-resnet": ("cifar100", "cifar10"),
+}
 
 
 class ParamsError(PipelineError):
@@ -178,8 +188,7 @@ class Params:
     student: Train
     distill: Train
     transfer: Transfer
-    raw: dict  # the validated values (preset applied), for logging to MLflow
-    preset_changes: tuple[str, ...] = ()  # "teacher.lr: 0.05 -> 0.1" for each replaced value
+    raw: dict  # params.yaml's values, for logging to MLflow
 
 
 def _section(raw: dict, name: str, schema: dict) -> dict:
@@ -196,31 +205,6 @@ def _section(raw: dict, name: str, schema: dict) -> dict:
 
 
 TOP_KEYS = ("dataset", "preset", "seed", "T", "alpha", "data", "teacher", "student", "distill")
-PRESETS_FILE = Path(__file__).resolve().parents[1] / "presets.yaml"
-
-
-def apply_preset(raw: dict, presets: dict) -> tuple[dict, list[str]]:
-    """Overlay the named preset (raw["preset"]) on a params mapping; `none` changes nothing.
-
-    Returns the new mapping and one line per value the preset replaced, so a stage can say so.
-    """
-    name = raw.get("preset", "none")
-    if name == "none":
-        return raw, []
-    if name not in presets:
-        raise ParamsError(f"preset must be one of none, {', '.join(presets)} (got {name!r})")
-    preset = dict(presets[name])
-    datasets = preset.pop("datasets")
-    if raw.get("dataset") not in datasets:
-        raise ParamsError(f"preset {name} is made for dataset {' or '.join(datasets)} "
-                          f"(dataset is {raw.get('dataset')!r}); set dataset too")
-    out, replaced = dict(raw), []
-    for section, values in preset.items():
-        mine = raw.get(section) if isinstance(raw.get(section), dict) else {}
-        replaced += [f"{section}.{k}: {mine[k]!r} -> {v!r}" for k, v in values.items()
-                     if k in mine and mine[k] != v]
-        out[section] = {**mine, **values}
-    return out, replaced
 
 
 def validate(raw: Any) -> Params:
@@ -234,7 +218,10 @@ def validate(raw: Any) -> Params:
         if k not in raw:
             raise ParamsError(f"{k} is missing from params.yaml")
     dataset = _choice("dataset", raw["dataset"], DATASETS)
-    raw, replaced = apply_preset(raw, yaml.safe_load(PRESETS_FILE.read_text()))
+    preset = _choice("preset", raw["preset"], tuple(PRESETS))
+    if dataset not in PRESETS[preset]:
+        raise ParamsError(f"preset {preset} is made for dataset {' or '.join(PRESETS[preset])} "
+                          f"(dataset is {dataset!r}); add -S dataset={PRESETS[preset][0]}")
     seed = _int("seed", raw["seed"], 0)
     T = _float("T", raw["T"], 0, INF, lo_open=True)
     alpha = _float("alpha", raw["alpha"], 0, 1)
@@ -249,7 +236,7 @@ def validate(raw: Any) -> Params:
     transfer = Transfer(**{k: sec[k] for k in TRANSFER_KEYS})
     _check_classes(transfer, NUM_CLASSES[dataset])
     return Params(dataset=dataset, seed=seed, T=T, alpha=alpha, data=data, distill=distill,
-                  transfer=transfer, raw=raw, preset_changes=tuple(replaced), **nets)
+                  transfer=transfer, raw=raw, **nets)
 
 
 def _check_classes(t: Transfer, n: int) -> None:

@@ -36,7 +36,7 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_class_table(names: list[str], classes: tuple[str, ...], errors: dict[str, list[int]]
+def per_class_table(names: list[str], classes: list[str], errors: dict[str, list[int]]
                     ) -> str:
     """Test errors of each true class (rows) for each model (columns)."""
     lines = ["| class | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
@@ -45,11 +45,53 @@ def per_class_table(names: list[str], classes: tuple[str, ...], errors: dict[str
     return "\n".join(lines) + "\n"
 
 
-def accuracy_plot(histories: dict[str, list[dict]], path: Path, title: str) -> None:
+def headline(finals: dict[str, dict], student_agreement: float, distilled_agreement: float
+             ) -> dict[str, float]:
+    """The pipeline run's metrics: each model's test accuracy and errors, the gain, agreement."""
+    out: dict[str, float] = {}
+    for name in ("teacher", "student", "distilled"):
+        out[f"{name}_test_acc"] = finals[name]["test_acc"]
+        out[f"{name}_test_errors"] = finals[name]["test_errors"]
+    out["gain"] = finals["distilled"]["test_acc"] - finals["student"]["test_acc"]
+    out["student_agreement"] = student_agreement
+    out["distilled_agreement"] = distilled_agreement
+    return out
+
+
+def report_markdown(p, experiment: str, rows: list[dict], head: dict, distilled: dict,
+                    class_names: list[str], per_class: dict[str, list[int]]) -> str:
+    teacher_lead = head["teacher_test_acc"] - head["student_test_acc"]
+    bias = ""
+    if "test_errors_uncorrected" in distilled:
+        bias = (f"\n\nThe transfer set lacked some classes: raising their logits by "
+                f"{distilled['bias_correction']:.1f} took the distilled student from "
+                f"{distilled['test_errors_uncorrected']} to {distilled['test_errors']} test errors.")
+    return (f"# Distillation report: {p.dataset}, T={p.T:g}, alpha={p.alpha:g}, seed={p.seed}\n\n"
+            f"Experiment `{experiment}`, preset `{p.raw['preset']}`.\n\n"
+            f"{comparison_table(rows)}\n"
+            f"Distillation changed the student's test accuracy by {100 * head['gain']:+.2f} points "
+            f"({head['student_test_errors']} -> {head['distilled_test_errors']} errors); the "
+            f"teacher is {100 * teacher_lead:+.2f} points from the student baseline.{bias}\n\n"
+            f"![test accuracy per epoch](accuracy.png)\n\n"
+            f"## Test errors per class\n\n{per_class_table(list(per_class), class_names, per_class)}")
+
+
+def accuracy_plot(histories: dict[str, list[dict]], selected: dict[str, int], path: Path,
+                  title: str) -> None:
+    """Test accuracy per epoch, one colour per model; a ring marks the epoch each model keeps
+    (the best validation accuracy), whose test accuracy is the one the report states."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for name, rows in histories.items():
-        ax.plot([r["epoch"] for r in rows], [100 * r["test_acc"] for r in rows], marker="o",
-                markersize=3, label=name)
+        epochs = [r["epoch"] for r in rows]
+        acc = [100 * r["test_acc"] for r in rows]
+        (line,) = ax.plot(epochs, acc, marker="o", markersize=3, label=name)
+        best = epochs.index(selected[name])
+        ax.plot(epochs[best], acc[best], marker="o", markersize=11, markerfacecolor="none",
+                markeredgewidth=1.8, color=line.get_color())
+        ax.annotate(f"{acc[best]:.2f}%", (epochs[best], acc[best]), textcoords="offset points",
+                    xytext=(0, -16), ha="center", fontsize=8, color=line.get_color())
+    ax.plot([], [], marker="o", markersize=9, markerfacecolor="none", color="gray", ls="none",
+            label="selected epoch (best validation)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)

@@ -3,8 +3,9 @@ and a plot of the distilled student's test accuracy against T.
 
 In:  the parsed output of `dvc exp show --json` (a list of records: the workspace, each baseline
      commit, and under each baseline the experiments DVC ran from it).
-Out: `Row`s (one per finished experiment), `Group`s (one per dataset, alpha and T, aggregated
-     over seeds), a markdown string, and a PNG written atomically.
+Out: `Row`s (one per finished experiment), `Group`s (one per dataset, setting, alpha and T,
+     aggregated over seeds), each setting's teacher and student baseline, a markdown string, and
+     a PNG written atomically.
 tools/sweep.py runs DVC and writes the files; this module only transforms what it is given.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +148,7 @@ def _row(name: str, rec: dict, state: str) -> tuple[Row, str]:
               distilled_errors=scores["distilled"]["test_errors"],
               agreement=scores["distilled"].get("agreement"),
               config={k: v for k, v in _flatten(params).items() if k not in SWEPT})
-    return row, json.dumps([params, scores], sort_keys=True)
+    return row, _json([params, scores])
 
 
 def _file(section: dict | None, suffix: str) -> dict:
@@ -208,27 +210,42 @@ def aggregate(rows: list[Row]) -> list[Group]:
 
 
 def settings(rows: list[Row]) -> list[str]:
-    """Per row, "key=value, ..." for the other params where it differs from the most common value."""
-    varying = varying_params(rows)
-    usual = {}
-    for key in varying:
-        values = [json.dumps(r.config.get(key), sort_keys=True) for r in rows]
-        usual[key] = max(set(values), key=values.count)
-    return [", ".join(f"{k}={json.dumps(r.config.get(k))}" for k in varying
-                      if json.dumps(r.config.get(k), sort_keys=True) != usual[k]) for r in rows]
+    """Per row, "key=value, ..." for the other params where it differs from the usual value.
 
-
-def references(rows: list[Row], dataset: str) -> dict[str, Stat]:
-    """Teacher and student-baseline test accuracy on `dataset`, over seeds.
-
-    Neither depends on T or alpha, so each seed counts once however many experiments share it.
+    Usual: the most common value, ties going to the first in sorted order (never to hash order),
+    among the rows of the same preset, so a preset's own values are not spelt out on its rows;
+    the preset itself is named where it is not the most common one.
     """
-    per_seed: dict[str, dict[int, float]] = {"teacher": {}, "student": {}}
+    def usual(key: str, pool: list[Row]) -> str:
+        values = sorted(_json(r.config.get(key)) for r in pool)
+        return max(values, key=values.count)
+
+    varying = varying_params(rows)
+    labels = []
     for r in rows:
-        if r.dataset == dataset:
-            per_seed["teacher"].setdefault(r.seed, r.teacher_acc)
-            per_seed["student"].setdefault(r.seed, r.student_acc)
-    return {model: stat(accs.values()) for model, accs in per_seed.items()}
+        same = [o for o in rows if o.config.get("preset") == r.config.get("preset")]
+        labels.append(", ".join(f"{k}={_json(r.config.get(k))}" for k in varying
+                                if _json(r.config.get(k)) != usual(k, rows if k == "preset" else same)))
+    return labels
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def references(rows: list[Row]) -> dict[tuple[str, str], dict[str, Stat]]:
+    """(dataset, setting) -> its teacher's and student baseline's test accuracy, over seeds.
+
+    Each setting has its own (a preset trains other networks). Neither depends on T or alpha, so
+    each seed counts once however many of the setting's experiments share it.
+    """
+    per_seed: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for r, setting in zip(rows, settings(rows), strict=True):
+        accs = per_seed.setdefault((r.dataset, setting), {"teacher": {}, "student": {}})
+        accs["teacher"].setdefault(r.seed, r.teacher_acc)
+        accs["student"].setdefault(r.seed, r.student_acc)
+    return {key: {model: stat(by_seed.values()) for model, by_seed in accs.items()}
+            for key, accs in sorted(per_seed.items())}
 
 
 def varying_params(rows: list[Row]) -> list[str]:
@@ -237,7 +254,7 @@ def varying_params(rows: list[Row]) -> list[str]:
     for dataset in {r.dataset for r in rows}:
         configs = [r.config for r in rows if r.dataset == dataset]
         for key in set().union(*configs):
-            if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1:
+            if len({_json(c.get(key)) for c in configs}) > 1:
                 varying.add(key)
     return sorted(varying)
 
@@ -295,8 +312,9 @@ def markdown(rows: list[Row], plot_name: str | None = None) -> str:
              summary_table(groups)]
     varying = varying_params(rows)
     if varying:
-        parts.append(f"Experiments also differ in {', '.join(varying)}: each setting is its own "
-                     "row (and line in the plot), never pooled with the others.\n")
+        parts.append(f"Experiments also differ in {', '.join(varying)}: each setting has its own "
+                     "rows (and panel in the plot, with its own teacher and student), never pooled "
+                     "with the others.\n")
     repeated = repeated_seeds(groups)
     if repeated:
         # The usual cause: the same experiment run twice under different names.
@@ -312,31 +330,36 @@ def markdown(rows: list[Row], plot_name: str | None = None) -> str:
 
 
 def accuracy_vs_T_plot(rows: list[Row], path: Path) -> None:
-    """Write a PNG: per dataset, distilled test accuracy against T (one line per alpha, error
-    bars = std over seeds) with the teacher and student baseline as horizontal references."""
-    groups = aggregate(rows)
-    datasets = sorted({g.dataset for g in groups})
+    """Write a PNG: one panel per dataset and setting, the distilled test accuracy against T (one
+    line per alpha, error bars = std over seeds) with that setting's own teacher and student
+    baseline as horizontal references."""
+    groups, refs = aggregate(rows), references(rows)
+    cols = min(3, len(refs))
+    lines = -(-len(refs) // cols)
     # A bare Figure renders with Agg and leaves pyplot's global state alone.
-    fig = Figure(figsize=(6.5 * len(datasets), 4.2), dpi=120)
-    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
-        _panel(ax, [g for g in groups if g.dataset == dataset], references(rows, dataset), dataset)
+    fig = Figure(figsize=(5 * cols, 3.6 * lines + 0.4), dpi=120)
+    for i, ((dataset, setting), ref) in enumerate(refs.items(), start=1):
+        ax = fig.add_subplot(lines, cols, i)
+        _panel(ax, [g for g in groups if (g.dataset, g.setting) == (dataset, setting)], ref)
+        ax.set_title(textwrap.fill(f"{dataset}, {setting or 'usual params'}", 50), fontsize="medium")
+    fig.suptitle("Distilled student's test accuracy against T" +
+                 (" (mean ± std over seeds)" if max(g.distilled_acc.n for g in groups) > 1 else ""))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
-def _panel(ax, groups: list[Group], refs: dict[str, Stat], dataset: str) -> None:
+def _panel(ax, groups: list[Group], refs: dict[str, Stat]) -> None:
     for label, ref, style, color in (("teacher", refs["teacher"], "--", "black"),
                                      ("student baseline", refs["student"], ":", "gray")):
-        ax.axhline(100 * ref.mean, linestyle=style, color=color,
-                   label=label + (f" (n={ref.n})" if ref.n > 1 else ""))
+        ax.axhline(100 * ref.mean, linestyle=style, color=color, label=f"{label} ({_pct(ref)}%)")
         if ref.n > 1:
             ax.axhspan(100 * (ref.mean - ref.std), 100 * (ref.mean + ref.std), color=color, alpha=0.12)
-    for setting, alpha in sorted({(g.setting, g.alpha) for g in groups}):
-        line = [g for g in groups if (g.setting, g.alpha) == (setting, alpha)]
+    for alpha in sorted({g.alpha for g in groups}):
+        line = [g for g in groups if g.alpha == alpha]
         ax.errorbar([g.T for g in line], [100 * g.distilled_acc.mean for g in line],
                     yerr=[100 * g.distilled_acc.std for g in line], marker="o", markersize=4,
-                    capsize=3, label=f"distilled, alpha={alpha:g}" + (f", {setting}" if setting else ""))
+                    capsize=3, label=f"distilled, alpha={alpha:g}")
     temps = sorted({g.T for g in groups})
     # Temperatures are swept geometrically (1, 2, 4, 8, 20): a log axis spaces them evenly.
     ax.set_xscale("log", base=2)
@@ -344,8 +367,5 @@ def _panel(ax, groups: list[Group], refs: dict[str, Stat], dataset: str) -> None
     ax.minorticks_off()
     ax.set_xlabel("temperature T")
     ax.set_ylabel("test accuracy (%)")
-    seeds = max((g.distilled_acc.n for g in groups), default=1)
-    ax.set_title(f"{dataset}: distilled student vs T"
-                 + (" (mean ± std over seeds)" if seeds > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -1,26 +1,31 @@
-"""What the three training stages (teacher, student, distill) share: fit, score, save, record.
+"""What the three training stages (teacher, student, distill) share, one step per function.
 
-In:  a built model, the data on its device, the knobs, a loss function, output paths.
-Out: `model/<name>.pt` (weights + what is needed to rebuild it + its test logits),
-     `metrics/<name>.json`, `plots/<name>.csv` (one row per epoch), and one MLflow run with the
-     stage's params, per-epoch metrics (step = epoch), final metrics and the logged model.
-Stages decide *what* to train; this module is the one place that decides how a result is kept.
+A training stage reads top to bottom: build a model, `loop.fit` it, `evaluate` it, `save` its
+outputs, `record` it in MLflow. This module is the one place that decides what a result holds:
+- `metrics/<name>.json`: what experiments are compared on (`SUMMARY` keys, plus a stage's own,
+  e.g. the distilled student's agreement): the same values for the same params and seed, so
+  `dvc exp show` stays narrow and `dvc metrics diff` is quiet when nothing changed;
+- MLflow: those values under the same names, plus timings, losses and per-class errors;
+- `model/<name>.pt`: weights, what is needed to rebuild the model, its test logits;
+- `plots/<name>.csv`: the per-epoch history (`HISTORY` columns), for `dvc plots` and the report.
 """
 
 from __future__ import annotations
 
 import csv
 import io as _io
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from kd import io, loop, metrics, models, tracking
-from kd.data import Dataset, normalize
+from kd import io, loop, metrics, models
+from kd.data import Dataset
 from kd.params import Model, Params, Train
+
+HISTORY = ("epoch", "train_loss", "val_loss", "val_acc", "val_errors", "test_loss", "test_acc",
+           "test_errors")
 
 
 @dataclass
@@ -28,6 +33,16 @@ class Outputs:
     model: Path
     metrics: Path
     plots: Path
+
+
+@dataclass
+class Result:
+    """A trained model's scores: `summary` goes to the metrics file and MLflow, `details` to
+    MLflow only; `test_logits` (N, classes) go into the checkpoint."""
+
+    summary: dict
+    details: dict
+    test_logits: torch.Tensor
 
 
 def build_model(arch: str, cfg: Model, data: Dataset) -> nn.Module:
@@ -44,59 +59,68 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     return model.to(device).eval(), ckpt
 
 
+def run_params(p: Params, arch: str, net: Model, train: Train) -> dict:
+    """A training stage's effective settings under names all three stages share (`arch`,
+    `epochs`, `lr`, ...), so their MLflow runs line up row by row in the compare view."""
+    return {"dataset": p.dataset, "preset": p.raw["preset"], "seed": p.seed,
+            **asdict(net), "arch": arch, **asdict(train)}
+
+
+def announce(stage: str, arch: str, model: nn.Module, data: Dataset, train: Train) -> None:
+    print(f"{stage}: {arch} ({models.count_params(model):,} parameters) on {data.name}: "
+          f"{len(data.train):,} train, {len(data.val):,} val, {len(data.test):,} test images, "
+          f"{train.epochs} epochs, device {data.train.x.device}", flush=True)
+
+
+def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:
+    """Score the selected (best-validation) weights the model now holds."""
+    test_logits = loop.predict(model, data.test, data)
+    test = metrics.scores(test_logits, data.test.y, "test")
+    val = metrics.scores(loop.predict(model, data.val, data), data.val.y, "val")
+    summary = {"test_acc": test["test_acc"], "test_errors": test["test_errors"],
+               "test_ece": metrics.expected_calibration_error(test_logits, data.test.y.cpu()),
+               "val_acc": val["val_acc"], "best_epoch": fit.best_epoch}
+    per_class = metrics.per_class_errors(test_logits, data.test.y, data.num_classes)
+    details = {"test_loss": test["test_loss"], "val_loss": val["val_loss"],
+               "val_errors": val["val_errors"], "params": models.count_params(model),
+               "train_seconds": fit.train_seconds,
+               "samples_per_s": sum(h["samples_per_s"] for h in fit.history) / len(fit.history),
+               **{f"test_errors_class_{c}": n for c, n in enumerate(per_class)}}
+    return Result(summary, details, test_logits)
+
+
 def history_csv(history: list[dict]) -> str:
     buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=HISTORY, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     return buf.getvalue()
 
 
-def train_and_record(stage: str, p: Params, data: Dataset, model: nn.Module, arch: str,
-                     model_cfg: Model, train_cfg: Train, loss_fn: loop.LossFn, out: Outputs,
-                     run_params: dict, tags: dict | None = None,
-                     after_fit: Callable[[nn.Module], dict] | None = None,
-                     extra_metrics: Callable[[torch.Tensor], dict] | None = None) -> dict:
-    """Train `model`, then write the stage's outputs and its MLflow run; returns final metrics.
+def save(out: Outputs, model: nn.Module, arch: str, net: Model, data: Dataset, result: Result,
+         history: list[dict], run_id: str) -> None:
+    """Write the checkpoint, the metrics file and the per-epoch CSV (each atomically)."""
+    io.save_torch(out.model, {
+        "arch": arch, "in_shape": list(data.in_shape), "classes": data.num_classes,
+        "class_names": list(data.classes), "params": models.count_params(model),
+        "input_dropout": net.input_dropout, "dropout": net.dropout,
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "test_logits": result.test_logits.cpu(), "dataset": data.name, "mlflow_run_id": run_id,
+    })
+    io.write_json(out.metrics, result.summary)
+    io.write_text(out.plots, history_csv(history))
 
-    `after_fit(model)` may adjust the trained model (bias correction) and returns metrics;
-    `extra_metrics(test_logits)` adds metrics computed from the final model's test logits.
-    """
-    n_params = models.count_params(model)
-    print(f"{stage}: {arch} ({n_params:,} parameters) on {data.name}: {len(data.train):,} train, "
-          f"{len(data.val):,} val, {len(data.test):,} test images, {train_cfg.epochs} epochs, "
-          f"device {data.train.x.device}", flush=True)
-    with tracking.stage_run(stage, p.dataset, run_params, tags) as run:
-        fit = loop.fit(model, data, train_cfg, loss_fn, seed=p.seed, max_norm=model_cfg.max_norm,
-                       log=run.log_metrics, label=stage)
-        adjusted = after_fit(model) if after_fit else {}
-        test_logits = loop.predict(model, data.test, data)
-        val_logits = loop.predict(model, data.val, data)
-        final = {
-            **metrics.scores(test_logits, data.test.y, "test"),
-            **metrics.scores(val_logits, data.val.y, "val"),
-            "test_ece": metrics.expected_calibration_error(test_logits, data.test.y.cpu()),
-            "params": n_params,
-            "best_epoch": fit.best_epoch,
-            "train_seconds": fit.train_seconds,
-            "samples_per_s": sum(h["samples_per_s"] for h in fit.history) / len(fit.history),
-            **adjusted,
-            **(extra_metrics(test_logits) if extra_metrics else {}),
-        }
-        per_class = metrics.per_class_errors(test_logits, data.test.y, data.num_classes)
-        io.save_torch(out.model, {
-            "arch": arch, "in_shape": list(data.in_shape), "classes": data.num_classes,
-            "class_names": list(data.classes),
-            "input_dropout": model_cfg.input_dropout, "dropout": model_cfg.dropout,
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "test_logits": test_logits.cpu(), "dataset": data.name, "mlflow_run_id": run.run_id,
-        })
-        io.write_json(out.metrics, {**final, "test_errors_per_class": per_class})
-        io.write_text(out.plots, history_csv(fit.history))
-        run.log_metrics(final)
-        run.log_metrics({f"test_errors_class_{c}": n for c, n in enumerate(per_class)})
-        run.log_model(model, normalize(data.test.x[:2], data.mean, data.std))
-        run.log_artifact(out.plots)
-    print(f"{stage}: test accuracy {final['test_acc']:.4f} ({final['test_errors']} errors), "
+
+def record(run, name: str, model: nn.Module, data: Dataset, result: Result, out: Outputs,
+           register_tags: dict | None = None) -> None:
+    """Log the servable model, then the summary (so it shows on the model's page) and the CSV."""
+    run.log_model(models.Servable(model, data.mean, data.std), data.test.x[:2], name,
+                  register_tags)
+    run.log_summary({**result.summary, **result.details})
+    run.log_artifact(out.plots)
+
+
+def conclude(stage: str, result: Result, fit: loop.Fit) -> None:
+    s = result.summary
+    print(f"{stage}: test accuracy {s['test_acc']:.4f} ({s['test_errors']} errors), "
           f"best val epoch {fit.best_epoch}, {fit.train_seconds:.0f}s", flush=True)
-    return final

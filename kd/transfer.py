@@ -90,6 +90,4 @@ def correct_bias(model: nn.Module, data: Dataset, missing: list[int], setting: f
     print(f"bias correction: +{shift:.1f} on the logits of classes {missing} "
           f"({'chosen on validation' if setting == 'auto' else 'from params'})", flush=True)
     return {"bias_correction": shift, "test_acc_uncorrected": before["test_acc"],
-            "test_errors_uncorrected": before["test_errors"],
-            "test_errors_per_class_uncorrected": metrics.per_class_errors(
-                test_logits, data.test.y, data.num_classes)}
+            "test_errors_uncorrected": before["test_errors"]}

@@ -18,11 +18,12 @@ the teacher's run id. Run: python -m stages.distill
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from kd import cli, data, device, metrics, training, transfer
+from kd import cli, data, device, loop, metrics, tracking, training, transfer
 from kd.archs import resolve_arch
 from kd.errors import PipelineError
 from kd.losses import distillation_loss
@@ -72,23 +73,30 @@ def main(argv: list[str] | None = None) -> None:
             def teacher_logits(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
                 return cached[idx]
 
+        def loss_fn(s: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, x: torch.Tensor):
+            return distillation_loss(s, teacher_logits(idx, x), y, p.T, p.alpha)
+
         arch = resolve_arch(p.student_model.arch, p.dataset, "student")
         model = training.build_model(arch, p.student_model, ds)
-        training.train_and_record(
-            "distill", p, ds, model, arch, p.student_model, p.distill,
-            loss_fn=lambda s, y, idx, x: distillation_loss(s, teacher_logits(idx, x), y,
-                                                           p.T, p.alpha),
-            out=training.Outputs(args.model, args.metrics, args.plots),
-            run_params={"dataset": p.dataset, "seed": p.seed, "T": p.T, "alpha": p.alpha,
-                        "distill": p.raw["distill"], "student": p.raw["student"],
-                        "student.arch_resolved": arch},
-            tags={"teacher_run_id": soft["teacher_run_id"],
-                  "soft_targets": "online" if online else "cached"},
-            after_fit=lambda m: {"transfer_images": len(subset),
-                                 **transfer.correct_bias(m, ds, missing, t.bias_correction)},
-            extra_metrics=lambda test_logits: {
-                "agreement": metrics.agreement(test_logits, soft["test"])})
-
+        training.announce("distill", arch, model, ds, p.distill)
+        out = training.Outputs(args.model, args.metrics, args.plots)
+        settings = {**training.run_params(p, arch, p.student_model, p.distill), "T": p.T,
+                    "alpha": p.alpha, **asdict(t)}
+        with tracking.stage_run("distill", p.dataset, settings, tags={
+                "teacher_run_id": soft["teacher_run_id"],
+                "soft_targets": "online" if online else "cached"}) as run:
+            fit = loop.fit(model, ds, p.distill, loss_fn, seed=p.seed,
+                           max_norm=p.student_model.max_norm, log=run.log_epoch, label="distill")
+            correction = transfer.correct_bias(model, ds, missing, t.bias_correction)
+            result = training.evaluate(model, ds, fit)
+            result.summary.update(transfer_images=len(subset), **correction,
+                                  agreement=metrics.agreement(result.test_logits, soft["test"]))
+            training.save(out, model, arch, p.student_model, ds, result, fit.history, run.run_id)
+            training.record(run, "distilled", model, ds, result, out, register_tags={
+                "experiment": tracking.experiment_name(), "dataset": p.dataset, "T": p.T,
+                "alpha": p.alpha, "seed": p.seed, "test_acc": result.summary["test_acc"],
+                "run_id": run.run_id})
+        training.conclude("distill", result, fit)
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         data.save(out, p.dataset, train, val, test, raw.classes,
                   {"source": raw.source, "checksums": raw.checksums})
         seconds = time.perf_counter() - t0
-        run.log_metrics({"train_images": len(train), "val_images": len(val),
+        run.log_summary({"train_images": len(train), "val_images": len(val),
                          "test_images": len(test), "seconds": seconds})
         run.set_tags({"source": raw.source})
     print(f"download: {p.dataset} from {raw.source}: {len(train):,} train / {len(val):,} val / "

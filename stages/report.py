@@ -1,8 +1,13 @@
-"""Stage 6: compare teacher, student baseline and distilled student.
+"""Stage 6: compare teacher, student baseline and distilled student; make the pipeline run.
 
-Reads metrics/{teacher,student,distilled}.json, the models' saved test logits (for agreement with
-the teacher) and plots/*.csv. Writes report/report.md (table) and report/accuracy.png (test
-accuracy per epoch), and logs both to one MLflow run. Run: python -m stages.report
+Reads metrics/{teacher,student,distilled}.json, the three checkpoints (their test logits, for
+per-class errors and agreement with the teacher; their MLflow run ids), the test labels and
+plots/*.csv. Writes report/report.md (tables) and report/accuracy.png (test accuracy per epoch,
+the selected epoch of each model marked), and makes this execution's *pipeline run* in MLflow:
+named after the DVC experiment, it holds T, alpha, seed, dataset, preset and the architectures as
+params, the three test accuracies and errors, the gain and the agreement as metrics, and the ids
+of the stage runs whose models it reports (also when DVC skipped those stages and their runs are
+older). Run: python -m stages.report
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ from pathlib import Path
 
 import torch
 
-from kd import cli, io, metrics, reporting, tracking
+from kd import cli, data, io, metrics, reporting, tracking
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
+RUN_OF = {"teacher": "teacher_run_id", "student": "student_run_id", "distilled": "distill_run_id"}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
+    ap.add_argument("--data", help="prepared dataset folder, for the test labels "
+                                   "(default: data/<dataset>)")
     ap.add_argument("--metrics-dir", type=Path, default=Path("metrics"),
                     help="folder of {teacher,student,distilled}.json (default: metrics)")
     ap.add_argument("--models-dir", type=Path, default=Path("model"),
@@ -31,45 +39,37 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.params_or_exit(args.params)
 
     with cli.friendly_errors():
-        finals, logits, archs, histories = {}, {}, {}, {}
+        labels = data.load(Path(args.data or f"data/{p.dataset}")).test.y
+        finals, ckpts, histories = {}, {}, {}
         for label, name in MODELS:
             finals[name] = json.loads((args.metrics_dir / f"{name}.json").read_text())
-            ckpt = torch.load(args.models_dir / f"{name}.pt", map_location="cpu")
-            logits[name], archs[name] = ckpt["test_logits"], ckpt["arch"]
-            class_names = ckpt["class_names"]
+            ckpts[name] = torch.load(args.models_dir / f"{name}.pt", map_location="cpu")
             histories[label] = reporting.read_history(args.plots_dir / f"{name}.csv")
-        rows = [{"name": label, "arch": archs[name], **finals[name],
-                 "agreement": None if name == "teacher"
-                 else metrics.agreement(logits[name], logits["teacher"])}
+        teacher_logits = ckpts["teacher"]["test_logits"]
+        rows = [{"name": label, "arch": ckpts[name]["arch"], "params": ckpts[name]["params"],
+                 **finals[name], "agreement": None if name == "teacher"
+                 else metrics.agreement(ckpts[name]["test_logits"], teacher_logits)}
                 for label, name in MODELS]
-        gain = finals["distilled"]["test_acc"] - finals["student"]["test_acc"]
-        teacher_lead = finals["teacher"]["test_acc"] - finals["student"]["test_acc"]
-        table = reporting.comparison_table(rows)
-        per_class = reporting.per_class_table(
-            [label for label, _ in MODELS], class_names,
-            {label: finals[name]["test_errors_per_class"] for label, name in MODELS})
-        d = finals["distilled"]
-        bias = ""
-        if "test_errors_uncorrected" in d:
-            bias = (f"\n\nThe transfer set lacked some classes: raising their logits by "
-                    f"{d['bias_correction']:.1f} took the distilled student from "
-                    f"{d['test_errors_uncorrected']} to {d['test_errors']} test errors.")
-        md = (f"# Distillation report: {p.dataset}, T={p.T:g}, alpha={p.alpha:g}, seed={p.seed}\n\n"
-              f"{table}\n"
-              f"Distillation changed the student's test accuracy by {100 * gain:+.2f} points "
-              f"({finals['student']['test_errors']} -> {finals['distilled']['test_errors']} "
-              f"errors); the teacher is {100 * teacher_lead:+.2f} points from the student baseline."
-              f"{bias}\n\n![test accuracy per epoch](accuracy.png)\n\n"
-              f"## Test errors per class\n\n{per_class}")
+        per_class = {label: metrics.per_class_errors(ckpts[name]["test_logits"], labels,
+                                                     len(ckpts[name]["class_names"]))
+                     for label, name in MODELS}
+        headline = reporting.headline(finals, rows[1]["agreement"], rows[2]["agreement"])
+        experiment = tracking.experiment_name()
+        md = reporting.report_markdown(p, experiment, rows, headline, finals["distilled"],
+                                       ckpts["teacher"]["class_names"], per_class)
         io.write_text(args.out / "report.md", md)
-        reporting.accuracy_plot(histories, args.out / "accuracy.png",
-                                f"{p.dataset}: test accuracy per epoch (T={p.T:g}, alpha={p.alpha:g})")
-        with tracking.stage_run("report", p.dataset, {"dataset": p.dataset, "T": p.T,
-                                                      "alpha": p.alpha, "seed": p.seed}) as run:
-            run.log_metrics({"distill_gain": gain,
-                             **{f"{n}_test_acc": f["test_acc"] for n, f in finals.items()},
-                             "student_agreement": rows[1]["agreement"],
-                             "distilled_agreement": rows[2]["agreement"]})
+        reporting.accuracy_plot(
+            histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
+            args.out / "accuracy.png",
+            f"{p.dataset}: test accuracy per epoch (T={p.T:g}, alpha={p.alpha:g}, seed={p.seed})")
+        params = {"experiment": experiment, "dataset": p.dataset, "preset": p.raw["preset"],
+                  "T": p.T, "alpha": p.alpha, "seed": p.seed,
+                  "teacher_arch": ckpts["teacher"]["arch"],
+                  "student_arch": ckpts["student"]["arch"]}
+        run_ids = {RUN_OF[name]: ckpts[name].get("mlflow_run_id") for _, name in MODELS}
+        with tracking.stage_run("report", p.dataset, params, tags=run_ids, run_name=experiment,
+                                run_type="pipeline") as run:
+            run.log_summary(headline)
             run.log_artifact(args.out / "report.md")
             run.log_artifact(args.out / "accuracy.png")
     print(md)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             summary = {"images": n, "seconds": seconds, "samples_per_s": n / seconds,
                        **metrics.scores(logits["train"], ds.train.y, "transfer"),
                        **metrics.scores(logits["test"], ds.test.y, "test")}
-            run.log_metrics(summary)
+            run.log_summary(summary)
     print(f"soft_targets: {n:,} images through the teacher in {seconds:.1f}s; teacher transfer-set "
           f"accuracy {summary['transfer_acc']:.4f} -> {args.out}")
 

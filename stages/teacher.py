@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from kd import cli, data, device, training
+from kd import cli, data, device, loop, tracking, training
 from kd.archs import resolve_arch
 
 
@@ -32,12 +31,16 @@ def main(argv: list[str] | None = None) -> None:
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(device.pick())
         arch = resolve_arch(p.teacher_model.arch, p.dataset, "teacher")
         model = training.build_model(arch, p.teacher_model, ds)
-        training.train_and_record(
-            "teacher", p, ds, model, arch, p.teacher_model, p.teacher,
-            loss_fn=lambda logits, y, idx, x: F.cross_entropy(logits, y),
-            out=training.Outputs(args.model, args.metrics, args.plots),
-            run_params={"dataset": p.dataset, "seed": p.seed, "teacher": p.raw["teacher"],
-                        "teacher.arch_resolved": arch})
+        training.announce("teacher", arch, model, ds, p.teacher)
+        out = training.Outputs(args.model, args.metrics, args.plots)
+        with tracking.stage_run("teacher", p.dataset,
+                                training.run_params(p, arch, p.teacher_model, p.teacher)) as run:
+            fit = loop.fit(model, ds, p.teacher, loop.hard_label_loss, seed=p.seed,
+                           max_norm=p.teacher_model.max_norm, log=run.log_epoch, label="teacher")
+            result = training.evaluate(model, ds, fit)
+            training.save(out, model, arch, p.teacher_model, ds, result, fit.history, run.run_id)
+            training.record(run, "teacher", model, ds, result, out)
+        training.conclude("teacher", result, fit)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import yaml
 
 from tests.conftest import ROOT, tiny_params
 
-PROJECT_FILES = ("kd", "stages", "dvc.yaml", "params.yaml", "presets.yaml", ".dvc/config",
+PROJECT_FILES = ("kd", "stages", "tools", "conf", "dvc.yaml", "params.yaml", ".dvc/config",
                  ".dvcignore", ".gitignore", "pyproject.toml")
 
 
@@ -52,7 +52,12 @@ def count(all_runs, stage: str) -> int:
 
 def make_project_repo(repo: Path) -> None:
     """A git repository holding a copy of the project (every tracked file, plus the project's
-    folders as they are now) on digits with one epoch per model."""
+    folders as they are now) on digits with one epoch per model.
+
+    `dvc exp run` recomposes params.yaml from conf/ (Hydra), so the tiny values go into
+    conf/config.yaml and params.yaml is composed from it by DVC's own function, as committed."""
+    from dvc.utils.hydra import compose_and_dump
+
     tracked = sh(ROOT, "git", "ls-files").splitlines()
     for rel in sorted({*tracked, *PROJECT_FILES}):
         src, dst = ROOT / rel, repo / rel
@@ -68,7 +73,9 @@ def make_project_repo(repo: Path) -> None:
     params = tiny_params()
     for section in ("teacher", "student", "distill"):
         params[section]["epochs"] = 1
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    conf = {"defaults": ["_self_", {"dataset": "digits"}, {"preset": "none"}], **params}
+    (repo / "conf" / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+    compose_and_dump(repo / "params.yaml", str(repo / "conf"), None, "config", str(repo), [])
     sh(repo, "git", "init", "-q", "-b", "main")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")
@@ -81,19 +88,41 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
+def pipeline_runs(all_runs) -> dict[str, object]:
+    """The pipeline runs (one per execution), by run name."""
+    found = [r for r in all_runs if r.data.tags.get("run_type") == "pipeline"]
+    assert len({r.info.run_name for r in found}) == len(found)
+    return {r.info.run_name: r for r in found}
+
+
+def stage_run_ids(all_runs, stage: str) -> list[str]:
+    return [r.info.run_id for r in all_runs if r.data.tags.get("run_type") == "stage"
+            and r.info.run_name == stage]
+
+
 def test_repro_then_T_change_then_queue(repo):
-    # 1. The whole DAG, every stage recorded once.
+    # 1. The whole DAG, every stage recorded once, and one pipeline run named after the commit.
     sh(repo, "dvc", "repro")
     for rel in ("model/teacher.pt", "model/student.pt", "model/soft_targets.pt",
                 "model/distilled.pt", "metrics/distilled.json", "report/report.md",
                 "report/accuracy.png", "dvc.lock"):
         assert (repo / rel).exists(), rel
     first = runs(repo)
+    head = sh(repo, "git", "rev-parse", "--short=7", "HEAD").strip()
     assert sorted(r.info.run_name for r in first) == sorted(
-        ["download", "teacher", "student", "soft_targets", "distill", "report"])
+        ["download", "teacher", "student", "soft_targets", "distill", head])
     assert all(r.data.metrics for r in first)
+    (repro_run,) = pipeline_runs(first).values()
+    assert repro_run.info.run_name == head and repro_run.data.params["T"] == "4.0"
+    teacher_id = stage_run_ids(first, "teacher")[0]
+    assert repro_run.data.tags["teacher_run_id"] == teacher_id
+    assert repro_run.data.tags["distill_run_id"] == stage_run_ids(first, "distill")[0]
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline run")
+
+    # The metrics files hold only what is compared: retraining with the same params changes none.
+    sh(repo, "dvc", "repro", "-f", "-s", "distill")
+    assert sh(repo, "dvc", "metrics", "diff", "--json").strip() in ("{}", "")
 
     # 2. A new temperature reruns only distill and report; the teacher is untouched.
     teacher_bytes = (repo / "model/teacher.pt").read_bytes()
@@ -105,10 +134,15 @@ def test_repro_then_T_change_then_queue(repo):
     assert (repo / "model/teacher.pt").read_bytes() == teacher_bytes
     assert (repo / "model/teacher.pt").stat().st_mtime_ns == teacher_mtime
     second = runs(repo)
-    assert count(second, "teacher") == 1 and count(second, "distill") == 2
+    assert count(second, "teacher") == 1 and count(second, "distill") == 3
     newest = max((r for r in second if r.info.run_name == "distill"),
                  key=lambda r: r.info.start_time)
-    assert newest.data.params["T"] == "2.0" and newest.data.tags["dvc.exp_name"]
+    exp_name = newest.data.tags["dvc.exp_name"]
+    assert newest.data.params["T"] == "2.0" and exp_name
+    # The experiment's pipeline run names the distill run it made and the (older) teacher run.
+    t2 = pipeline_runs(second)[exp_name]
+    assert t2.data.params["T"] == "2.0" and t2.data.tags["distill_run_id"] == newest.info.run_id
+    assert t2.data.tags["teacher_run_id"] == teacher_id
 
     # 3. Two queued experiments, run two at a time, land in the same store.
     sh(repo, "dvc", "exp", "run", "--queue", "-S", "T=1")
@@ -123,7 +157,28 @@ def test_repro_then_T_change_then_queue(repo):
     assert "Failed" not in status, status
     third = runs(repo)
     temps = sorted(r.data.params["T"] for r in third if r.info.run_name == "distill")
-    assert temps == ["1.0", "2.0", "4.0", "8.0"]
+    assert temps == ["1.0", "2.0", "4.0", "4.0", "8.0"]
     assert count(third, "teacher") == 1  # queued runs restored the teacher from cache
-    shown = sh(repo, "dvc", "exp", "show", "--json")
-    assert '"T": 8' in shown or '"T": 8.0' in shown
+    piped = pipeline_runs(third)
+    queued = {r.data.params["T"]: r for name, r in piped.items() if name not in (head, exp_name)}
+    assert sorted(queued) == ["1.0", "8.0"]
+    distill_ids = set(stage_run_ids(third, "distill"))
+    for r in queued.values():
+        assert r.data.tags["dvc.exp_name"] == r.info.run_name
+        assert r.data.tags["teacher_run_id"] == teacher_id
+        assert r.data.tags["distill_run_id"] in distill_ids
+
+    # 4. The README's terminal view: the required columns in 120 characters, the same numbers
+    # as each experiment's pipeline run.
+    table = sh(repo, sys.executable, "-m", "tools.compare").splitlines()
+    assert table[0].split() == ["Experiment", "dataset", "preset", "seed", "T", "alpha",
+                                "teacher", "acc", "student", "acc", "distilled", "acc"]
+    assert max(len(line) for line in table) <= 120
+    lines = {line.split()[0]: line.split() for line in table[2:]}
+    for name, r in piped.items():
+        if name == head:
+            continue  # the commit's row shows the forced rerun's files; same numbers, other run
+        row = lines[name]
+        assert row[4] == f"{float(r.data.params['T']):g}"
+        assert row[-1] == f"{100 * r.data.metrics['distilled_test_acc']:.2f}%"
+        assert row[-3] == f"{100 * r.data.metrics['teacher_test_acc']:.2f}%"

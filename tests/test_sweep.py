@@ -10,7 +10,9 @@ showing half-written metrics). The digits test split has 297 images.
 
 import dataclasses
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from kd import sweep
 from tests.test_pipeline_e2e import _env, make_project_repo
 from tools import sweep as sweep_cli
 
+ROOT = Path(__file__).resolve().parents[1]
 CAPTURED = Path(__file__).parent / "data" / "exp_show.json"
 FINISHED = {"main", "dizzy-bish", "every-dirk", "joint-ages", "acerb-mine", "muley-seam", "tenty-eggs"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -84,6 +87,32 @@ def params_of(records: list[dict], name: str) -> dict:
     return experiment(records, name)["revs"][0]["data"]["params"]["params.yaml"]["data"]
 
 
+# The hinton-mnist preset's values, as params.yaml holds them when an experiment selects it.
+HINTON = {"teacher": {"arch": "mlp:1200-1200", "input_dropout": 0.2, "dropout": 0.5,
+                      "max_norm": 3.873, "shift": 2, "epochs": 30},
+          "student": {"arch": "mlp:800-800", "epochs": 30}, "distill": {"epochs": 30, "lr": 0.02}}
+
+
+def two_presets(records: list[dict]) -> list[dict]:
+    """The captured sweep as two settings of three experiments each, a tie for the usual values:
+    main, dizzy-bish and every-dirk (seed 0) on preset none; acerb-mine (seed 0), muley-seam and
+    joint-ages (seed 1) on hinton-mnist, with its own teacher (50 and 52 errors) and student (70).
+    tenty-eggs failed."""
+    for rec in [records[0], records[1]] + [e["revs"][0] for e in records[1]["experiments"]]:
+        rec["data"]["params"]["params.yaml"]["data"]["preset"] = "none"
+    experiment(records, "tenty-eggs")["executor"]["state"] = "failed"
+    for name, teacher_errors in (("acerb-mine", 50), ("muley-seam", 52), ("joint-ages", 52)):
+        params = params_of(records, name)
+        params["preset"] = "hinton-mnist"
+        for section, values in HINTON.items():
+            params[section].update(values)
+        metrics = experiment(records, name)["revs"][0]["data"]["metrics"]
+        for model, errors in (("teacher", teacher_errors), ("student", 70)):
+            metrics[f"metrics/{model}.json"]["data"] = {"test_acc": 1 - errors / 297,
+                                                        "test_errors": errors}
+    return records
+
+
 def test_no_experiments_at_all_gives_no_rows():
     assert sweep.parse([]) == ([], [])
 
@@ -111,10 +140,54 @@ def test_aggregate_over_seeds_golden(records):
 
 def test_references_count_each_seed_once(records):
     rows, _ = sweep.parse(records)
-    refs = sweep.references(rows, "digits")
+    refs = sweep.references(rows)
+    assert list(refs) == [("digits", "")]
+    refs = refs["digits", ""]
     # Seed 0 appears in five experiments, seed 1 in two; each counts once.
     assert refs["teacher"] == sweep.Stat(pytest.approx(1 - 66.5 / 297), pytest.approx(3 / 297 / 2 ** 0.5), 2)
     assert refs["student"].mean == pytest.approx(1 - 76.5 / 297)
+
+
+def test_each_setting_has_its_own_teacher_and_student(records):
+    rows, _ = sweep.parse(two_presets(records))
+    refs = sweep.references(rows)
+    # Three experiments each: the tie goes to the first in sorted order, "hinton-mnist", which is
+    # then the usual setting (""); the values the preset sets are not spelt out on its rows.
+    assert list(refs) == [("digits", ""), ("digits", 'preset="none"')]
+    hinton, default = refs["digits", ""], refs["digits", 'preset="none"']
+    assert hinton["teacher"] == sweep.Stat(pytest.approx(1 - 51 / 297), pytest.approx(2 ** 0.5 / 297), 2)
+    assert hinton["student"] == sweep.Stat(pytest.approx(1 - 70 / 297), 0.0, 2)
+    assert default["teacher"] == sweep.Stat(pytest.approx(1 - 65 / 297), 0.0, 1)
+    assert default["student"] == sweep.Stat(pytest.approx(1 - 62 / 297), 0.0, 1)
+    # The table's teacher and student columns are each row's own experiments'.
+    md = sweep.markdown(rows)
+    assert '| digits | preset="none" | 0.9 | 1 | 0 | 27.61 | 215 | -51.52 | 79.12 | 78.11 |' in md
+    assert "| digits | — | 0.9 | 1 | 1 | 37.37 | 186 | -39.06 | 76.43 | 82.49 |" in md
+
+
+# A fresh interpreter per PYTHONHASHSEED: string hashes, so set order, differ between them.
+SWEEP_OUTPUT = """
+import hashlib, json, sys
+from pathlib import Path
+from kd import sweep
+rows, notes = sweep.parse(json.loads(Path(sys.argv[1]).read_text()))
+sweep.accuracy_vs_T_plot(rows, Path(sys.argv[2]))
+print(sweep.markdown(rows), notes, hashlib.sha256(Path(sys.argv[2]).read_bytes()).hexdigest())
+"""
+
+
+def test_output_is_the_same_under_any_hash_seed(records, tmp_path):
+    shown = tmp_path / "exp_show.json"
+    shown.write_text(json.dumps(two_presets(records)))
+    outputs = []
+    for seed in ("0", "12345"):
+        proc = subprocess.run([sys.executable, "-c", SWEEP_OUTPUT, str(shown), str(tmp_path / f"{seed}.png")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+    assert 'preset="none"' in outputs[0]  # the tie is there to be broken
+    assert outputs[0] == outputs[1]
 
 
 # --- table and plot ------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ After a sweep such as `dvc exp run --queue -S T=1,2,4,8,20 -S seed=0,1,2` and
     python -m tools.sweep [--out sweep/]
 
 Reads `dvc exp show --json`: params.yaml's dataset, T, alpha and seed and metrics/{teacher,student,
-distilled}.json. Writes <out>/sweep.md (mean ± std over seeds per dataset, alpha and T, then one
-line per experiment) and <out>/accuracy_vs_T.png, and prints the table. Queued, running and failed
+distilled}.json. Writes <out>/sweep.md (mean ± std over seeds per dataset, setting, alpha and T,
+then one line per experiment) and <out>/accuracy_vs_T.png (a panel per dataset and setting, with
+that setting's own teacher and student), and prints the table. Queued, running and failed
 experiments are skipped with a note on stderr; the workspace is left out when it repeats an
 experiment, or when `dvc status` says its metrics are out of date with its params or code.
 Exit status 1, with a one-line message, when DVC fails or no experiment has metrics yet.

@@ -1,0 +1,104 @@
+"""conf/ is the source of params.yaml: DVC's Hydra composition (`hydra.enabled` in .dvc/config)
+writes conf/config.yaml, the chosen dataset and preset and the `-S` overrides into params.yaml at
+every `dvc exp run`, so `dvc exp show` displays the values that ran, a preset's included.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dvc.api
+import pytest
+import yaml
+from dvc.utils.hydra import compose_and_dump
+
+from kd.archs import AUTO_ARCH
+from kd.params import DATASETS, PRESETS, validate
+from tests.conftest import ROOT
+
+CONF = ROOT / "conf"
+REGENERATE = ("python -c \"from pathlib import Path; from dvc.utils.hydra import compose_and_dump; "
+              "compose_and_dump('params.yaml', str(Path('conf').resolve()), None, 'config', "
+              "str(Path('.').resolve()), [])\"")
+
+
+def compose(tmp_path: Path, *overrides: str) -> str:
+    """What `dvc exp run -S <override>...` writes into params.yaml (DVC's own function)."""
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(CONF), None, "config", str(ROOT), list(overrides))
+    return out.read_text()
+
+
+def test_params_yaml_is_what_conf_composes(tmp_path):
+    # Otherwise the first `dvc exp run` shows param changes nobody asked for.
+    assert (ROOT / "params.yaml").read_text() == compose(tmp_path), (
+        f"params.yaml is stale: edit conf/config.yaml, then regenerate with {REGENERATE}")
+
+
+def test_each_dataset_spells_out_its_architectures(tmp_path):
+    assert {f.stem for f in (CONF / "dataset").glob("*.yaml")} == set(DATASETS)
+    for ds in DATASETS:
+        p = validate(yaml.safe_load(compose(tmp_path, f"dataset={ds}")))
+        assert p.dataset == ds
+        assert (p.teacher_model.arch, p.student_model.arch) == AUTO_ARCH[ds]
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
+def test_each_preset_composes_valid_params_and_never_sets_T_alpha_seed(tmp_path, preset):
+    for ds in PRESETS[preset]:
+        base = yaml.safe_load(compose(tmp_path, f"dataset={ds}", "T=7", "alpha=0.5", "seed=3"))
+        raw = yaml.safe_load(compose(tmp_path, f"dataset={ds}", f"preset={preset}", "T=7",
+                                     "alpha=0.5", "seed=3"))
+        p = validate(raw)
+        assert raw["preset"] == preset and p.dataset == ds
+        assert (p.T, p.alpha, p.seed) == (7, 0.5, 3)  # a sweep over them under a preset is real
+        assert raw["teacher"] != base["teacher"]  # the preset's values are in the file
+
+
+def test_override_grammar_for_architectures_and_class_lists(tmp_path):
+    # What users type after -S: a colon and brackets need no escaping from Hydra (quote the
+    # brackets for the shell).
+    raw = yaml.safe_load(compose(tmp_path, "teacher.arch=mlp:1200-1200", "distill.omit_classes=[3]",
+                                 "preset=hinton-mnist", "teacher.epochs=3"))
+    assert raw["teacher"]["arch"] == "mlp:1200-1200" and raw["distill"]["omit_classes"] == [3]
+    assert raw["teacher"]["epochs"] == 3  # the command line wins over the preset
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t",
+               GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.com")
+    proc = subprocess.run(args, cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_queued_experiments_show_the_values_that_will_run(tmp_path):
+    repo = tmp_path / "repo"
+    for rel in ("dvc.yaml", "params.yaml", "conf", ".dvc/config"):
+        src, dst = ROOT / rel, repo / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        elif src.exists():
+            shutil.copy2(src, dst)
+    cli = (sys.executable, "-m", "dvc")
+    _dvc(repo, "git", "init", "-q", "-b", "main")
+    _dvc(repo, "git", "add", "-A")
+    _dvc(repo, "git", "commit", "-qm", "project")
+    _dvc(repo, *cli, "exp", "run", "--queue", "-n", "paper", "-S", "preset=hinton-mnist",
+         "-S", "T=20")
+    _dvc(repo, *cli, "exp", "run", "--queue", "-n", "small", "-S", "dataset=digits")
+    try:
+        shown = {row["Experiment"]: row for row in dvc.api.exp_show(repo=str(repo))}
+    finally:
+        _dvc(repo, *cli, "queue", "remove", "--all")
+    paper, small = shown["paper"], shown["small"]
+    assert (paper["preset"], paper["T"]) == ("hinton-mnist", 20)
+    assert (paper["teacher.arch"], paper["teacher.epochs"]) == ("mlp:1200-1200", 30)
+    assert (paper["student.arch"], paper["distill.lr"]) == ("mlp:800-800", 0.02)
+    assert (small["dataset"], small["teacher.arch"], small["student.arch"]) == (
+        "digits", *AUTO_ARCH["digits"])
+    assert small["preset"] == "none" and small["T"] == 4

@@ -1,0 +1,84 @@
+"""Compare experiments in a terminal: one line per DVC experiment, narrow enough for 120 columns.
+
+    python -m tools.compare          # the workspace, its commit and every experiment run from it
+    python -m tools.compare -n 3     # the same for the last 3 commits (dvc exp show -n 3)
+
+Columns: Experiment, dataset, preset, seed, T, alpha, and the teacher's, student baseline's and
+distilled student's test accuracy (metrics/*.json), as `dvc.api.exp_show` returns them. Plain
+`dvc exp show` cannot show these in 120 columns: DVC prefixes a metric name that appears in
+several files with the file's path (`metrics/distilled.json:test_acc`), and the table has a
+column for every param. Queued, running and failed experiments show `-` for accuracies not yet
+there. Exit status 1 with a one-line message when DVC fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PARAMS = ("dataset", "preset", "seed", "T", "alpha")
+MODELS = (("teacher", "teacher"), ("student", "student"), ("distilled", "distilled"))
+
+
+def _label(rec: dict) -> str:
+    if rec.get("Experiment"):
+        return rec["Experiment"]
+    rev = str(rec.get("rev") or "")
+    return rev if rev == "workspace" or len(rev) != 40 else rev[:7]
+
+
+def _number(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _accuracy(v) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, int | float) else "-"
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    """`dvc.api.exp_show()` records -> table cells, header first."""
+    header = ["Experiment", *PARAMS, *(f"{label} acc" for label, _ in MODELS)]
+    out = [header]
+    for rec in records:
+        state = rec.get("State")
+        name = _label(rec) + (f" ({state.lower()})" if state and state != "Success" else "")
+        out.append([name, *(_number(rec.get(p)) for p in PARAMS),
+                    *(_accuracy(rec.get(f"metrics/{f}.json:test_acc")) for _, f in MODELS)])
+    return out
+
+
+def render(table: list[list[str]]) -> str:
+    """Left-aligned text columns (numbers right-aligned), two spaces apart."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    numeric = [i >= 3 for i in range(len(widths))]  # seed onwards
+    lines = []
+    for r in table:
+        cells = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 1)[1])
+    ap.add_argument("-n", "--num", type=int, default=1,
+                    help="how many commits back from HEAD to show, with their experiments "
+                         "(default: 1)")
+    args = ap.parse_args(argv)
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        records = dvc.api.exp_show(num=args.num)
+    except DvcException as e:
+        print(f"error: dvc exp show: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(render(rows(records)))
+
+
+if __name__ == "__main__":
+    main()
