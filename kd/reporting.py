@@ -84,12 +84,12 @@ def accuracy_plot(histories: dict[str, list[dict]], selected: dict[str, int], pa
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         acc = [100 * r["test_acc"] for r in rows]
-        (line,) = ax.plot(epochs, acc, marker="o", markersize=3, label=name)
         best = epochs.index(selected[name])
+        # The value in the legend, not beside the ring: two models may keep the same epoch.
+        (line,) = ax.plot(epochs, acc, marker="o", markersize=3,
+                          label=f"{name}: {acc[best]:.2f}% (epoch {selected[name]})")
         ax.plot(epochs[best], acc[best], marker="o", markersize=11, markerfacecolor="none",
                 markeredgewidth=1.8, color=line.get_color())
-        ax.annotate(f"{acc[best]:.2f}%", (epochs[best], acc[best]), textcoords="offset points",
-                    xytext=(0, -16), ha="center", fontsize=8, color=line.get_color())
     ax.plot([], [], marker="o", markersize=9, markerfacecolor="none", color="gray", ls="none",
             label="selected epoch (best validation)")
     ax.set_xlabel("epoch")

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             training.save(out, model, arch, p.student_model, ds, result, fit.history, run.run_id)
             training.record(run, "distilled", model, ds, result, out, register_tags={
                 "experiment": tracking.experiment_name(), "dataset": p.dataset, "T": p.T,
-                "alpha": p.alpha, "seed": p.seed, "test_acc": result.summary["test_acc"],
+                "alpha": p.alpha, "seed": p.seed, "test_acc": round(result.summary["test_acc"], 6),
                 "run_id": run.run_id})
         training.conclude("distill", result, fit)
 
