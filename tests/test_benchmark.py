@@ -10,6 +10,7 @@ from kd.sources import SYSTEM_DIRS
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow  # the quick benchmark itself: minutes
 @pytest.mark.skipif(not SYSTEM_DIRS["fashion-mnist"].is_dir(),
                     reason="needs the Debian package dataset-fashion-mnist")
 def test_quick_benchmark_prints_every_measurement():

@@ -17,6 +17,8 @@ import yaml
 
 from tests.conftest import ROOT, tiny_params
 
+pytestmark = pytest.mark.slow  # every test here drives DVC over the whole pipeline: minutes
+
 PROJECT_FILES = ("kd", "stages", "tools", "conf", "dvc.yaml", "params.yaml", ".dvc/config",
                  ".dvcignore", ".gitignore", "pyproject.toml")
 

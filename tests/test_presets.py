@@ -75,6 +75,7 @@ def _dvc(repo: Path, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # DVC queues experiments in a temporary git repo
 def test_queued_experiments_show_the_values_that_will_run(tmp_path):
     repo = tmp_path / "repo"
     for rel in ("dvc.yaml", "params.yaml", "conf", ".dvc/config"):

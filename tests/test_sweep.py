@@ -286,6 +286,7 @@ def wait_for_queue(repo: Path, timeout: float = 480) -> str:
     raise AssertionError(f"queue still busy after {timeout:.0f}s:\n{status}")
 
 
+@pytest.mark.slow  # a real DVC pipeline in a temporary repo: minutes
 def test_queued_T_sweep_to_table_and_plot(tmp_path, capsys):
     repo = tmp_path / "repo"
     repo.mkdir()
