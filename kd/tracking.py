@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import functools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -63,6 +64,7 @@ def artifact_location(uri: str) -> str | None:
     return (db.parent.resolve() / "mlartifacts").as_uri()
 
 
+@functools.cache  # HEAD does not move while a stage runs; asked for by every tag set
 def _git_head() -> str | None:
     """The commit checked out in the working directory (a queued experiment's copy has its own)."""
     try:
@@ -79,13 +81,11 @@ def experiment_name() -> str:
     return os.environ.get("DVC_EXP_NAME") or (head[:7] if head else "workspace")
 
 
-def run_tags(stage: str, dataset: str, run_type: str = "stage") -> dict[str, str]:
-    """The tags every run carries; DVC's own are left out where DVC did not set them."""
-    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or _git_head()
-    tags = {"run_type": run_type, "experiment": experiment_name(), "dvc.stage": stage,
+def run_tags(stage: str, dataset: str, run_type: str = "stage") -> dict[str, str | None]:
+    """The tags every run carries; None where DVC did not set one (stage_run leaves those out)."""
+    return {"run_type": run_type, "experiment": experiment_name(), "dvc.stage": stage,
             "dataset": dataset, "dvc.exp_name": os.environ.get("DVC_EXP_NAME"),
-            "dvc.baseline_rev": baseline}
-    return {k: v for k, v in tags.items() if v}
+            "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV") or _git_head()}
 
 
 def _numeric(metrics: dict) -> dict[str, float]:

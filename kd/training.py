@@ -2,8 +2,8 @@
 
 A training stage reads top to bottom: build a model, `loop.fit` it, `evaluate` it, `save` its
 outputs, `record` it in MLflow. This module is the one place that decides what a result holds:
-- `metrics/<name>.json`: what experiments are compared on (`SUMMARY` keys, plus a stage's own,
-  e.g. the distilled student's agreement): the same values for the same params and seed, so
+- `metrics/<name>.json`: what experiments are compared on (`Result.summary`, plus a stage's
+  own, e.g. the distilled student's agreement): the same values for the same params and seed, so
   `dvc exp show` stays narrow and `dvc metrics diff` is quiet when nothing changed;
 - MLflow: those values under the same names, plus timings, losses and per-class errors;
 - `model/<name>.pt`: weights, what is needed to rebuild the model, its test logits;
