@@ -1,20 +1,32 @@
-"""Atomic output writing: a stage that fails or is killed leaves no half-written file behind.
+"""Atomic output writing and safe reading: a stage that fails or is killed leaves no half-written
+file behind, and a stage's outputs change together or not at all.
 
 Each writer puts the bytes in a temporary sibling and renames it over the target (`os.replace`
 is atomic on POSIX within one filesystem), so readers see the old file or the new, never a mix.
+`atomic_files` does this for a whole set: every temporary is written first, and only then are all
+renamed, so a failure while writing any of them (a full disk, a file where a folder should be)
+leaves every target as it was. A temporary's name carries its writer's PID, so one left by a
+killed process is removed by the next write beside it.
 """
 
 from __future__ import annotations
 
+import io as _io
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
+
+from kd.errors import PipelineError
+
+
+class UnreadableFile(PipelineError):
+    """An input file is missing, truncated, corrupt or not the kind of file the stage needs."""
 
 
 def _umask() -> int:
@@ -23,12 +35,35 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _sweep_stale(folder: Path, name: str) -> None:
+    """Delete temporaries of `name` left in `folder` by writers that no longer run (kill -9)."""
+    for old in folder.glob(f".{name}.*.tmp*"):
+        pid = old.name[len(name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it to `path`, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep_stale(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
@@ -40,16 +75,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
+def atomic_files(*paths: str | Path) -> Iterator[list[Path]]:
+    """Yield one temporary per target; publish them all only when the block succeeds.
+
+    Every temporary exists (its folder made, its name reserved) before the block runs, so an
+    unwritable or impossible target fails before anything is written.
+    """
+    with ExitStack() as stack:
+        # atomic_path renames on exit; ExitStack exits in reverse, after the whole block ran.
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
+
+
+@contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _sweep_stale(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp-old",
+                                        dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old)
@@ -66,12 +116,49 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_text(obj) -> str:
+    """Indented, key-sorted JSON: the same object always gives the same bytes."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | Path, obj) -> None:
-    """Write `obj` as indented, key-sorted JSON to `path` atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Write `obj` as JSON (json_text) to `path` atomically."""
+    write_text(path, json_text(obj))
+
+
+def torch_bytes(obj) -> bytes:
+    """torch.save into memory. Writing those bytes with plain file I/O turns a full disk into
+    OSError(ENOSPC) naming the file, where torch's own writer says only 'unexpected pos'."""
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def save_torch(path: str | Path, obj) -> None:
     """torch.save `obj` to `path` atomically."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(torch_bytes(obj))
+
+
+def load_torch(path: str | Path, required: tuple[str, ...] = (), what: str = "torch file",
+               map_location: str | torch.device | None = "cpu") -> dict:
+    """Read a dict saved by `save_torch`, tensors and plain values only (`weights_only=True`:
+    a crafted file cannot run code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says).
+
+    Raises UnreadableFile, one line naming the file, when it is missing, truncated, not a torch
+    file, or lacks one of the `required` keys (a teacher checkpoint where soft targets belong).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableFile(f"{path}: no such file (run the stage that writes it)")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # RuntimeError, EOFError, UnpicklingError, BadZipFile, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableFile(f"{path}: not a readable {what} (truncated or corrupt: "
+                             f"{reason[:200]}); rerun the stage that writes it") from None
+    missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise UnreadableFile(f"{path}: not a {what} (no {', '.join(missing)}); "
+                             "rerun the stage that writes it")
+    return obj
