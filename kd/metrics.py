@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE with equal-width confidence bins (Guo et al. 2017): sum_b |acc_b - conf_b| * n_b / N."""
-    conf, pred = logits.float().softmax(1).max(1)
-    correct = (pred == labels).float()
+    conf, pred = logits.float().cpu().softmax(1).max(1)  # logits may be on the GPU, labels not
+    correct = (pred == labels.cpu()).float()
     which = torch.clamp((conf * bins).long(), max=bins - 1)
     # Per bin, sum(correct - conf) = n_b * (acc_b - conf_b).
     gap = torch.bincount(which, weights=correct - conf, minlength=bins).abs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,19 @@ def write_params(folder: Path, params: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def run_stage(name, *argv):
+    importlib.import_module(f"stages.{name}").main(list(argv))
+
+
+def distill_with(workdir, **distill):
+    """Write tiny params with these `distill.*` values, then run the stages up to distill."""
+    raw = tiny_params()
+    raw["distill"].update(distill)
+    write_params(workdir, raw)
+    for name in ("download", "teacher", "soft_targets", "distill"):
+        run_stage(name)
 
 
 @pytest.fixture

@@ -1,23 +1,29 @@
-"""The GPU path (data on the device, bf16 autocast): skipped where there is no CUDA device."""
+"""The GPU path (data on the device, bf16 autocast): skipped where there is no CUDA device.
+
+Tracking is off here: the GPU machines these run on need not have MLflow, and logging a model
+(moved to the CPU first) is pinned by tests/test_stages.py.
+"""
 
 import json
 
 import pytest
 import torch
 
-from tests.test_stages import distill_with
+from tests.conftest import distill_with
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def test_stages_train_on_the_gpu_with_bf16(workdir, mlflow_store):
-    distill_with(workdir)
+def test_stages_train_on_the_gpu_with_bf16(workdir, monkeypatch):
+    monkeypatch.setenv("KD_TRACKING", "off")
+    distill_with(workdir, shift=1)  # augmentation: the teacher also runs online, under autocast
     for name in ("teacher", "distilled"):
         m = json.loads((workdir / f"metrics/{name}.json").read_text())
-        assert 0.0 <= m["test_acc"] <= 1.0 and m["test_loss"] == m["test_loss"]  # finite, not NaN
-    ckpt = torch.load(workdir / "model/distilled.pt")
+        assert 0.5 <= m["test_acc"] <= 1.0  # digits: well above chance (0.1) after 2 epochs
+    ckpt = torch.load(workdir / "model/distilled.pt", weights_only=True)
     assert all(v.device.type == "cpu" for v in ckpt["state_dict"].values())  # portable checkpoint
+    assert ckpt["test_logits"].dtype == torch.float32 and ckpt["test_logits"].isfinite().all()
 
 
 def test_autocast_is_bf16_on_cuda():

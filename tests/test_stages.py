@@ -1,6 +1,5 @@
 """Each stage's main() on digits in a temp folder, recorded in a temporary MLflow store."""
 
-import importlib
 import json
 
 import mlflow
@@ -8,7 +7,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from tests.conftest import tiny_params, write_params
+from tests.conftest import distill_with, run_stage, tiny_params, write_params
 
 STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
 # What metrics/<model>.json holds: the compared values only (no timings, no per-class lists).
@@ -18,19 +17,6 @@ TRAINING_RUNS = {"teacher": "teacher", "student": "student", "distill": "distill
 SHARED_PARAMS = {"dataset", "preset", "seed", "arch", "input_dropout", "dropout", "max_norm",
                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "shift", "flip",
                  "grad_clip"}
-
-
-def run_stage(name, *argv):
-    importlib.import_module(f"stages.{name}").main(list(argv))
-
-
-def distill_with(workdir, **distill):
-    """Write tiny params with these `distill.*` values, then run the stages up to distill."""
-    raw = tiny_params()
-    raw["distill"].update(distill)
-    write_params(workdir, raw)
-    for name in ("download", "teacher", "soft_targets", "distill"):
-        run_stage(name)
 
 
 def runs_by_stage(uri):
