@@ -14,7 +14,10 @@ from pathlib import Path
 
 import torch
 
-from kd.io import atomic_dir
+from kd.io import UnreadableFile, atomic_dir, load_torch, torch_bytes
+
+SPLITS = ("train", "val", "test")
+META_KEYS = ("dataset", "classes", "mean", "std")
 
 
 @dataclass
@@ -83,17 +86,30 @@ def save(folder: Path, name: str, train: Split, val: Split, test: Split,
             "mean": mean.tolist(), "std": std.tolist(),
             "sizes": {"train": len(train), "val": len(val), "test": len(test)}, **extra}
     with atomic_dir(folder) as tmp:
-        for split_name, s in (("train", train), ("val", val), ("test", test)):
-            torch.save({"x": s.x, "y": s.y}, tmp / f"{split_name}.pt")
+        for split_name, s in zip(SPLITS, (train, val, test), strict=True):
+            # Plain file I/O for the bytes: a full disk then names the file (see io.torch_bytes).
+            (tmp / f"{split_name}.pt").write_bytes(torch_bytes({"x": s.x, "y": s.y}))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load(folder: Path) -> Dataset:
-    folder = Path(folder)
-    if not (folder / "meta.json").is_file():
-        raise FileNotFoundError(f"{folder}: no prepared dataset here (run the download stage)")
-    meta = json.loads((folder / "meta.json").read_text())
-    splits = {s: Split(**torch.load(folder / f"{s}.pt")) for s in ("train", "val", "test")}
+    """Read what `save` wrote; a missing, truncated or corrupt file is an UnreadableFile naming it."""
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise UnreadableFile(f"{path}: no such file, so no prepared dataset in {path.parent} "
+                             "(run the download stage)")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UnreadableFile(f"{path}: not readable JSON ({e}); rerun the download stage") from None
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise UnreadableFile(f"{path}: not a prepared dataset's meta.json (no {', '.join(missing)}); "
+                             "rerun the download stage")
+    splits = {}
+    for s in SPLITS:
+        d = load_torch(path.parent / f"{s}.pt", required=("x", "y"), what="prepared split")
+        splits[s] = Split(d["x"], d["y"])
     return Dataset(meta["dataset"], splits["train"], splits["val"], splits["test"],
                    tuple(meta["classes"]), torch.tensor(meta["mean"]), torch.tensor(meta["std"]))
 

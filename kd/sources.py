@@ -4,10 +4,13 @@ In:  a dataset name and an optional local folder.
 Out: `Raw` (train/test uint8 images (N, C, H, W), int64 labels, class names, where they came from),
      or `DataError` whose message lists every source tried and how to get the data offline.
 
-Sources, in order: the local folder (`data.root`), the standard offline location (the Debian /
-Ubuntu package `dataset-fashion-mnist`), then torchvision's own download into a cache folder.
-Every copy is verified by a checksum of its *decompressed* content, because recompressed .gz
-copies (Debian's, mirrors') have other .gz checksums than the ones torchvision ships.
+Sources: when `data.root` is set, that folder and nothing else (a missing folder or file there is
+an error, never a silent switch to another copy). With `data.root: null`, the standard offline
+location (the Debian / Ubuntu package `dataset-fashion-mnist`), then torchvision's own download
+into a cache folder. Every copy is verified by a checksum of its *decompressed* content, because
+recompressed .gz copies (Debian's, mirrors') have other .gz checksums than the ones torchvision
+ships. A CIFAR archive is only extracted when it is torchvision's own (its md5), as extracting a
+crafted tar can write anywhere.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import tarfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -53,8 +58,9 @@ def torchvision_class(dataset: str) -> type:
 
     return getattr(torchvision.datasets, TORCHVISION[dataset])
 OFFLINE_HELP = {
-    "fashion-mnist": "install the Debian/Ubuntu package dataset-fashion-mnist, or put the four "
-                     "IDX files (.gz or not) in a folder and set data.root to it",
+    "fashion-mnist": "install the Debian/Ubuntu package dataset-fashion-mnist and leave data.root "
+                     "null, or put the four IDX files (.gz or not) in a folder and set data.root "
+                     "to it",
     "mnist": "put the four MNIST IDX files (.gz or not) in a folder and set data.root to it",
     "cifar10": "put cifar-10-python.tar.gz, or its extracted cifar-10-batches-py folder, in a "
                "folder and set data.root to it",
@@ -118,6 +124,13 @@ def parse_idx(data: bytes) -> np.ndarray:
     return body.reshape(shape)
 
 
+def _gunzip(path: Path) -> bytes:
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise CorruptFile(f"{path}: not a readable gzip file (truncated or corrupt: {e})") from None
+
+
 def read_idx_folder(folder: Path, expected: dict[str, str]) -> Raw:
     """Read the four IDX files named in `expected` (name -> SHA-256 of the decompressed bytes)."""
     arrays, sums = {}, {}
@@ -125,8 +138,7 @@ def read_idx_folder(folder: Path, expected: dict[str, str]) -> Raw:
         path = _find_idx(folder, name)
         if path is None:
             raise DataError(f"{folder}: no {name} (or .gz, or '.idx' spelling)")
-        raw = path.read_bytes()
-        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+        data = _gunzip(path) if path.suffix == ".gz" else path.read_bytes()
         _verified(path, data, sha, "sha256")
         sums[name] = sha
         try:
@@ -143,26 +155,47 @@ def read_idx_folder(folder: Path, expected: dict[str, str]) -> Raw:
 # --- CIFAR pickles -----------------------------------------------------------------------------
 
 
+def extract_cifar(tar: Path, cls: type, scratch: Path) -> Path:
+    """Extract torchvision's CIFAR archive into `scratch`; return the folder of its batches.
+
+    Only the genuine archive (torchvision's md5 of the .tar.gz) is extracted: Python 3.11's
+    tarfile writes `../` and absolute member names where they point. Each member is checked
+    before anything is written, and tarfile's "data" filter is a second guard.
+    """
+    with tar.open("rb") as f:
+        got = hashlib.file_digest(f, "md5").hexdigest()
+    if got != cls.tgz_md5:
+        raise CorruptFile(f"{tar}: md5 is {got}, expected {cls.tgz_md5} (torchvision's "
+                          f"{cls.filename}): a modified or recompressed archive is not extracted; "
+                          f"give its extracted {cls.base_folder} folder instead (each batch file "
+                          "in it is verified)")
+    with tarfile.open(tar, "r:gz") as archive:
+        for m in archive.getmembers():
+            parts = PurePosixPath(m.name).parts
+            if not (m.isfile() or m.isdir()) or parts[:1] != (cls.base_folder,) or ".." in parts:
+                raise CorruptFile(f"{tar}: member {m.name!r} is not a regular file or folder in "
+                                  f"{cls.base_folder}/; nothing extracted")
+        archive.extractall(scratch, filter="data")
+    return scratch / cls.base_folder
+
+
 def read_cifar_folder(folder: Path, cls: type, scratch: Path) -> Raw:
     """Read torchvision's CIFAR python-pickle batches, each verified by torchvision's own md5.
 
-    `folder` holds the extracted batches, their parent, or only the .tar.gz archive; an archive is
+    `folder` holds the extracted batches, their parent, or only torchvision's .tar.gz, which is
     extracted into `scratch` (the user's folder may be read-only). The md5s are of the extracted
-    batch files, so a recompressed archive is still verified.
+    batch files, so batches extracted from a recompressed archive are still accepted.
     """
     base = folder / cls.base_folder if (folder / cls.base_folder).is_dir() else folder
     tar = folder / cls.filename
     if not (base / cls.meta["filename"]).is_file() and tar.is_file():
-        from torchvision.datasets.utils import extract_archive
-
-        extract_archive(str(tar), str(scratch))
-        base = scratch / cls.base_folder
+        base = extract_cifar(tar, cls, scratch)
     sums = {}
 
     def load(name: str, md5: str) -> dict:
         path = base / name
         if not path.is_file():
-            raise DataError(f"{base}: no {name}")
+            raise DataError(f"{base}: no {name}" + ("" if tar.is_file() else f", and no {tar.name}"))
         data = _verified(path, path.read_bytes(), md5, "md5")
         sums[name] = md5
         return pickle.loads(data, encoding="latin1")
@@ -222,21 +255,24 @@ def _download(dataset: str, cache: Path) -> Path:
 
 
 def fetch(dataset: str, root: str | None, cache: Path) -> Raw:
-    """Load `dataset` from the first source that has a verified copy; DataError lists them all."""
+    """Load `dataset` from `root`, or (root None) from the first source that has a verified copy;
+    DataError lists what was tried."""
     if dataset == "digits":
         return read_digits()
-    candidates = []
-    if root:
-        candidates.append(Path(root))
-    if dataset in SYSTEM_DIRS:
-        candidates.append(SYSTEM_DIRS[dataset])
-    tried = []
-    for folder in candidates:
+    if root is not None:  # the user's choice: no silent switch to another copy or a download
+        folder = Path(root)
         if not folder.is_dir():
-            tried.append(f"{folder} (no such folder)")
-            continue
+            raise DataError(f"{folder}: no such folder (data.root); to search the standard places "
+                            f"and download, set data.root to null. To run offline, "
+                            f"{OFFLINE_HELP[dataset]}.")
+        return _read_folder(dataset, folder, cache)
+    tried = []
+    system = SYSTEM_DIRS.get(dataset)
+    if system is not None and not system.is_dir():
+        tried.append(f"{system} (no such folder)")
+    elif system is not None:
         try:
-            return _read_folder(dataset, folder, cache)
+            return _read_folder(dataset, system, cache)
         except CorruptFile:
             raise  # a corrupt local copy is an error in its own right, not a reason to go online
         except DataError as e:

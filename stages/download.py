@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     ap.add_argument("--out", help="folder for the prepared splits (default: data/<dataset>)")
     ap.add_argument("--cache", default="data/raw",
-                    help="where torchvision's download goes when no local copy exists "
-                         "(default: data/raw)")
+                    help="where torchvision downloads to (data.root null, no local copy) and a "
+                         "CIFAR archive is extracted (default: data/raw)")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
     out = Path(args.out or f"data/{p.dataset}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 from pathlib import Path
 
@@ -45,6 +46,34 @@ def distill_with(workdir, **distill):
     write_params(workdir, raw)
     for name in ("download", "teacher", "soft_targets", "distill"):
         run_stage(name)
+
+
+# --- fault tests: a stage that fails must say so in one line and change nothing ----------------
+
+
+def hash_tree(folder) -> dict:
+    """{relative path: sha256 of a file, None for a folder} for everything under `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def one_line_error(capsys) -> str:
+    """The captured stderr, asserted to be exactly one line starting with `error: `."""
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and err.endswith("\n"), err
+    return err
+
+
+def fails_cleanly(main, argv, folder, capsys) -> str:
+    """Run a stage's main(argv); assert exit 1, one error line and `folder` unchanged."""
+    before = hash_tree(folder)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 1
+    msg = one_line_error(capsys)
+    assert hash_tree(folder) == before
+    return msg
 
 
 @pytest.fixture

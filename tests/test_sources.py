@@ -2,7 +2,10 @@
 
 import gzip
 import hashlib
+import io
 import pickle
+import shutil
+import tarfile
 
 import numpy as np
 import pytest
@@ -68,6 +71,20 @@ def test_wrong_checksum_is_refused_naming_the_file(tmp_path):
         read_idx_folder(tmp_path, sums)
 
 
+@pytest.mark.parametrize("broken", [
+    lambda gz: gz[: len(gz) // 2],  # truncated: EOFError
+    lambda gz: b"not gzip at all" * 8,  # BadGzipFile
+    lambda gz: gz[:20] + bytes(b ^ 0xFF for b in gz[20:60]) + gz[60:],  # bad deflate data or CRC
+], ids=["truncated", "garbage", "corrupt"])
+def test_unreadable_gz_is_refused_naming_the_file(tmp_path, broken):
+    _, sums = make_idx_folder(tmp_path)
+    path = tmp_path / (IDX_NAMES[0] + ".gz")
+    path.write_bytes(broken(path.read_bytes()))
+    with pytest.raises(CorruptFile, match="train-images-idx3-ubyte.gz: not a readable gzip file") as e:
+        read_idx_folder(tmp_path, sums)
+    assert "\n" not in str(e.value)
+
+
 def test_truncated_idx_is_refused():
     with pytest.raises(ValueError, match="header says"):
         parse_idx(idx_bytes(np.zeros((3, 4, 4)))[:-5])
@@ -91,11 +108,36 @@ def test_no_source_error_lists_what_was_tried_and_how_to_get_it(tmp_path, monkey
     def offline(*a, **k):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
     monkeypatch.setattr(sources, "_download", offline)
+    monkeypatch.setitem(sources.SYSTEM_DIRS, "mnist", tmp_path / "missing")
     with pytest.raises(DataError) as err:
-        fetch("mnist", str(tmp_path / "missing"), tmp_path / "cache")
+        fetch("mnist", None, tmp_path / "cache")
     msg = str(err.value)
     assert "missing (no such folder)" in msg and "torchvision download" in msg
     assert "set data.root" in msg and "\n" not in msg
+
+
+def test_without_data_root_the_standard_folder_is_used(tmp_path, monkeypatch):
+    _, sums = make_idx_folder(tmp_path / "system")
+    monkeypatch.setitem(sources.IDX_SHA256, "fashion-mnist", sums)
+    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", tmp_path / "system")
+    assert fetch("fashion-mnist", None, tmp_path / "cache").source == str(tmp_path / "system")
+
+
+@pytest.mark.parametrize("missing", ["folder", IDX_NAMES[3]])
+def test_explicit_data_root_never_falls_back(tmp_path, monkeypatch, missing):
+    """A set data.root that lacks the data is an error, not a reason to read another copy."""
+    _, sums = make_idx_folder(tmp_path / "system")
+    make_idx_folder(tmp_path / "mine")
+    monkeypatch.setitem(sources.IDX_SHA256, "fashion-mnist", sums)
+    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", tmp_path / "system")
+    monkeypatch.setattr(sources, "_download", lambda *a: pytest.fail("downloaded"))
+    root = tmp_path / "mine"
+    if missing == "folder":
+        shutil.rmtree(root)
+    else:
+        (root / (missing + ".gz")).unlink()
+    with pytest.raises(DataError, match=f"^{root}: no {'such folder' if missing == 'folder' else missing}"):
+        fetch("fashion-mnist", str(root), tmp_path / "cache")
 
 
 # --- CIFAR -------------------------------------------------------------------------------------
@@ -122,13 +164,38 @@ def make_cifar_folder(folder, cls, n_per_batch=6):
     return md5s
 
 
-@pytest.mark.parametrize("cls", [tvd.CIFAR10, tvd.CIFAR100])
-def test_cifar_pickles_read_with_md5_verification(tmp_path, monkeypatch, cls):
-    md5s = make_cifar_folder(tmp_path, cls)
-    # Point the class's checksum lists at the files we generated (the real ones are for the real data).
+def make_cifar_archive(folder, cls, extra=()):
+    """Write torchvision's .tar.gz of the batches (its real member names), then the `extra`
+    (TarInfo, bytes) members; return ({batch file: md5}, md5 of the archive)."""
+    md5s = make_cifar_folder(folder / "src", cls)
+    tar = folder / cls.filename
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(folder / "src" / cls.base_folder, arcname=cls.base_folder)
+        for info, data in extra:
+            t.addfile(info, io.BytesIO(data))
+    shutil.rmtree(folder / "src")
+    return md5s, hashlib.md5(tar.read_bytes()).hexdigest()
+
+
+def member(name, kind=tarfile.REGTYPE, linkname="", data=b"pwned"):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def use_md5s(monkeypatch, cls, md5s, tgz_md5=None):
+    """Point the class's checksums at the files we generated (the real ones are for the real data)."""
     monkeypatch.setattr(cls, "train_list", [[n, md5s[n]] for n, _ in cls.train_list])
     monkeypatch.setattr(cls, "test_list", [[n, md5s[n]] for n, _ in cls.test_list])
     monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5s[cls.meta["filename"]]})
+    if tgz_md5:
+        monkeypatch.setattr(cls, "tgz_md5", tgz_md5)
+
+
+@pytest.mark.parametrize("cls", [tvd.CIFAR10, tvd.CIFAR100])
+def test_cifar_pickles_read_with_md5_verification(tmp_path, monkeypatch, cls):
+    use_md5s(monkeypatch, cls, make_cifar_folder(tmp_path, cls))
     raw = read_cifar_folder(tmp_path, cls, tmp_path / "scratch")
     n_train = 6 * len(cls.train_list)
     assert raw.train_x.shape == (n_train, 3, 32, 32) and raw.test_x.shape == (6, 3, 32, 32)
@@ -148,3 +215,43 @@ def test_digits_are_bundled():
     raw = fetch("digits", None, None)
     assert raw.train_x.shape == (1500, 1, 8, 8) and raw.test_x.shape == (297, 1, 8, 8)
     assert int(raw.train_x.max()) == 255 and raw.train_x.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("cls", [tvd.CIFAR10, tvd.CIFAR100])
+def test_cifar_archive_is_extracted_into_scratch_and_read(tmp_path, monkeypatch, cls):
+    (tmp_path / "root").mkdir()
+    use_md5s(monkeypatch, cls, *make_cifar_archive(tmp_path / "root", cls))
+    raw = read_cifar_folder(tmp_path / "root", cls, tmp_path / "scratch")
+    assert raw.source == str(tmp_path / "scratch" / cls.base_folder)
+    assert raw.test_x.shape == (6, 3, 32, 32)
+
+
+def test_cifar_archive_with_another_md5_is_not_extracted(tmp_path, monkeypatch):
+    (tmp_path / "root").mkdir()
+    md5s, tgz_md5 = make_cifar_archive(tmp_path / "root", tvd.CIFAR10)
+    use_md5s(monkeypatch, tvd.CIFAR10, md5s)
+    with pytest.raises(CorruptFile, match=f"cifar-10-python.tar.gz: md5 is {tgz_md5}, expected "
+                                          f"{tvd.CIFAR10.tgz_md5} .*extracted cifar-10-batches-py"):
+        read_cifar_folder(tmp_path / "root", tvd.CIFAR10, tmp_path / "scratch")
+    assert not (tmp_path / "scratch").exists()
+
+
+@pytest.mark.parametrize("bad", [
+    member("../../../escaped"),
+    member("cifar-10-batches-py/../../../escaped"),
+    member("ABSOLUTE/escaped"),
+    member("elsewhere/escaped"),
+    member("cifar-10-batches-py/link", tarfile.SYMTYPE, "/etc/passwd"),
+    member("cifar-10-batches-py/hard", tarfile.LNKTYPE, "cifar-10-batches-py/data_batch_1"),
+    member("cifar-10-batches-py/tty", tarfile.CHRTYPE),
+], ids=["dotdot", "inner-dotdot", "absolute", "other-folder", "symlink", "hardlink", "device"])
+def test_cifar_archive_member_outside_its_folder_stops_extraction(tmp_path, monkeypatch, bad):
+    """Checked before anything is written, with the bad member last (after the genuine ones)."""
+    info, data = bad
+    info.name = info.name.replace("ABSOLUTE", str(tmp_path))
+    (tmp_path / "root").mkdir()
+    use_md5s(monkeypatch, tvd.CIFAR10, *make_cifar_archive(tmp_path / "root", tvd.CIFAR10, [bad]))
+    scratch = tmp_path / "a" / "b" / "scratch"  # ../../../escaped lands in tmp_path
+    with pytest.raises(CorruptFile, match=f"cifar-10-python.tar.gz: member '{info.name}' is not"):
+        read_cifar_folder(tmp_path / "root", tvd.CIFAR10, scratch)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "escaped").exists()
