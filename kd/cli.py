@@ -2,7 +2,8 @@
 one-line message and a non-zero exit status instead of a traceback.
 
 Exit status 2: params.yaml is invalid (nothing was read or written).
-Exit status 1: the data, a model or training failed (nothing was written: outputs are atomic).
+Exit status 1: the data, a model, training, MLflow or a write failed; the stage's outputs are as
+they were (each stage writes all its files together, last: see kd/io.py).
 """
 
 from __future__ import annotations
@@ -28,15 +29,20 @@ def params_or_exit(path: str) -> Params:
     try:
         p = load(path)
     except ParamsError as e:
-        print(f"error: {path}: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # the message starts with the file's name
         raise SystemExit(2) from None
     return p
 
 
 @contextmanager
 def friendly_errors() -> Iterator[None]:
+    """Known failures, and any OSError (a file or folder the stage could not use), as one line."""
     try:
         yield
-    except (PipelineError, FileNotFoundError) as e:
+    except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         raise SystemExit(1) from None

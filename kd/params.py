@@ -13,17 +13,20 @@ The schema below is the single list of allowed keys, so an unknown key (a typo s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kd.archs import ARCH_HELP, parse_arch
+from kd.archs import ARCH_HELP, parse_arch, resolve_arch
 from kd.errors import PipelineError
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits")
 NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10}
+# Image side in pixels: each block of a `cnn:` architecture halves it, so it bounds their number.
+IMAGE_SIDE = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "digits": 8}
 # The presets (conf/preset/<name>.yaml, selected with `-S preset=<name>`) and the datasets each
 # is made for; tests/test_params.py pins these names to the files.
 PRESETS = {
@@ -55,15 +58,16 @@ def _lo(lo: int | None) -> str:
 
 def _float(key: str, v: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     # `-S T=4` writes the int 4: ints are accepted wherever a float is expected.
-    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    # .inf and .nan are YAML floats: a bound of INF means "no upper bound", never the value inf.
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     if ok:
         v = float(v)
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        hi_txt = "inf" if hi == float("inf") else f"{hi:g}"
-        raise ParamsError(f"{key} must be a number in {left}{lo:g}, {hi_txt}{right} (got {v!r})")
+        allowed = (f"a finite number {'>' if lo_open else '>='} {lo:g}" if hi == INF else
+                   f"a number in {left}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+        raise ParamsError(f"{key} must be {allowed} (got {v!r})")
     return v
 
 
@@ -235,6 +239,8 @@ def validate(raw: Any) -> Params:
     distill = Train(**{k: sec[k] for k in TRAIN_KEYS})
     transfer = Transfer(**{k: sec[k] for k in TRANSFER_KEYS})
     _check_classes(transfer, NUM_CLASSES[dataset])
+    for role in ("teacher", "student"):
+        _check_fits(f"{role}.arch", nets[role + "_model"].arch, dataset)
     return Params(dataset=dataset, seed=seed, T=T, alpha=alpha, data=data, distill=distill,
                   transfer=transfer, raw=raw, **nets)
 
@@ -248,6 +254,16 @@ def _check_classes(t: Transfer, n: int) -> None:
         raise ParamsError("distill.omit_classes and distill.keep_classes leave no class to train on")
 
 
+def _check_fits(key: str, arch: str, dataset: str) -> None:
+    """A CNN pools its input below one pixel when it has more blocks than log2(image side)."""
+    kind, sizes = parse_arch(resolve_arch(arch, dataset, key.split(".")[0]))
+    most = IMAGE_SIDE[dataset].bit_length() - 1
+    if kind == "cnn" and len(sizes) > most:
+        raise ParamsError(f"{key} {arch} has {len(sizes)} pooling blocks, but {dataset} "
+                          f"{IMAGE_SIDE[dataset]}x{IMAGE_SIDE[dataset]} images allow at most "
+                          f"{most} (each block halves the side)")
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; a missing or unparsable file is a ParamsError too."""
     path = Path(path)
@@ -257,4 +273,7 @@ def load(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: no such params file") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return validate(raw)
+    try:
+        return validate(raw)
+    except ParamsError as e:  # every message names the file once, then the key
+        raise ParamsError(f"{path}: {e}") from None

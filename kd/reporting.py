@@ -1,12 +1,13 @@
 """The comparison table (markdown) and the learning-curve plot (PNG) of the report stage.
 
 In:  per-model final metrics dicts and per-epoch histories (rows of plots/<name>.csv).
-Out: a markdown string; a PNG written atomically.
+Out: a markdown string; PNG bytes (the report stage writes both together, after logging them).
 """
 
 from __future__ import annotations
 
 import csv
+import io as _io
 from pathlib import Path
 
 import matplotlib
@@ -14,15 +15,25 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kd.io import atomic_path  # noqa: E402
+from kd.io import UnreadableFile  # noqa: E402
 
 COLUMNS = ("model", "architecture", "parameters", "test accuracy", "test errors",
            "agreement with teacher", "test ECE", "best val epoch")
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    """The rows of a plots/<name>.csv as numbers; a missing or mangled file is one line."""
+    try:
+        with open(path, newline="") as fh:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    except FileNotFoundError:
+        raise UnreadableFile(f"{path}: no such file (run the stage that writes it)") from None
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as e:
+        raise UnreadableFile(f"{path}: not a per-epoch history CSV ({e})") from None
+    if not rows or not {"epoch", "test_acc"} <= set(rows[0]):
+        raise UnreadableFile(f"{path}: not a per-epoch history CSV (no rows, or no epoch and "
+                             "test_acc columns)")
+    return rows
 
 
 def comparison_table(rows: list[dict]) -> str:
@@ -76,8 +87,8 @@ def report_markdown(p, experiment: str, rows: list[dict], head: dict, distilled:
             f"## Test errors per class\n\n{per_class_table(list(per_class), class_names, per_class)}")
 
 
-def accuracy_plot(histories: dict[str, list[dict]], selected: dict[str, int], path: Path,
-                  title: str) -> None:
+def accuracy_png(histories: dict[str, list[dict]], selected: dict[str, int], title: str
+                 ) -> bytes:
     """Test accuracy per epoch, one colour per model; a ring marks the epoch each model keeps
     (the best validation accuracy), whose test accuracy is the one the report states."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
@@ -98,6 +109,7 @@ def accuracy_plot(histories: dict[str, list[dict]], selected: dict[str, int], pa
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    return buf.getvalue()

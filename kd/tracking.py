@@ -22,6 +22,19 @@ Where runs go:
 
 Several stages or queued experiments may start at once: creating a SQLite database and the
 experiment happens under an exclusive file lock beside it, so none races on a not-yet-created store.
+
+Runs and outputs stay consistent when a stage fails or is killed:
+- a stage's files are written only after its run has logged everything, so a failure to log
+  leaves the old files; the run of a stage that raised ends FAILED;
+- every run is tagged with the `host` and `process` (boot, PID and start time) that made it;
+  each stage run first marks KILLED the RUNNING runs of this host whose process is gone
+  (`kill -9`), and their PENDING logged models FAILED. A run whose process still lives (a queued
+  experiment running beside this one) is never touched;
+- MLflow's staging folders go under `.tmp/` in the store's root, one per process, and the next
+  stage removes those of dead processes: nothing is left in the system's temp folder;
+- checkpoints do not hold run ids (that would make identical weights a new file for DVC): a
+  training run is tagged `checkpoint.sha256`, and `run_of(path)` finds the finished run that
+  wrote a file with those bytes.
 """
 
 from __future__ import annotations
@@ -29,19 +42,42 @@ from __future__ import annotations
 import copy
 import fcntl
 import functools
+import hashlib
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from kd.errors import PipelineError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EXPERIMENT = "knowledge-distillation"
 # Every execution's distilled student becomes a new version of this registered model.
 REGISTERED_MODEL = "distilled-student"
 HISTORY_PREFIX = "epoch/"
+CHECKPOINT_TAG = "checkpoint.sha256"
+
+
+class TrackingError(PipelineError):
+    """The MLflow store refused a call (read-only, unreachable, full): one line, not SQLAlchemy's."""
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Turn whatever MLflow or its database raises into a TrackingError naming the store."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as e:  # MlflowException, SQLAlchemy's OperationalError, OSError, ...
+        text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise TrackingError(f"MLflow store {tracking_uri()}: {text[:300]}") from None
 
 
 def store_root() -> Path:
@@ -88,6 +124,97 @@ def run_tags(stage: str, dataset: str, run_type: str = "stage") -> dict[str, str
             "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV") or _git_head()}
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): with the PID, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
+
+
+def process_id(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{_boot_id()}:{pid}:{_start_time(pid) or ''}"
+
+
+def process_gone(process: str) -> bool:
+    """Whether the process a `process_id` names has ended (on this host)."""
+    boot, pid, started = process.rsplit(":", 2)
+    if not pid.isdigit():
+        return False  # not ours to judge
+    if boot != _boot_id():
+        return True  # the machine rebooted since
+    return _start_time(int(pid)) != started  # gone, or its PID now belongs to another process
+
+
+def _close_dead_runs(client, experiment_id: str) -> None:
+    """Mark KILLED the RUNNING runs of this host whose process is gone, and FAILED their
+    PENDING logged models; never a run whose process lives."""
+    host = socket.gethostname()
+    runs = client.search_runs([experiment_id], filter_string=(
+        f"attributes.status = 'RUNNING' and tags.host = '{host}'"), max_results=1000)
+    for run in runs:
+        process = run.data.tags.get("process", "")
+        if process.count(":") < 2 or not process_gone(process):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        for model in client.search_logged_models(
+                [experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"):
+            if str(model.status) == "PENDING":
+                client.finalize_logged_model(model.model_id, "FAILED")
+
+
+def _staging_dir() -> Path:
+    """This process's folder for MLflow's temporary files, under `.tmp/` in the store's root;
+    the folders of processes that are gone are removed first."""
+    base = store_root() / ".tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.glob("mlflow-*"):
+        process = old.name.removeprefix("mlflow-").replace("_", ":")
+        if process.count(":") == 2 and process_gone(process):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = base / f"mlflow-{process_id().replace(':', '_')}"
+    mine.mkdir(exist_ok=True)
+    return mine
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def run_of(checkpoint: Path) -> str | None:
+    """The id of the newest FINISHED run that wrote a file with `checkpoint`'s bytes; None when
+    tracking is off or no run in this store did (e.g. a checkpoint pulled from a DVC remote)."""
+    if os.environ.get("KD_TRACKING", "").lower() == "off":
+        return None
+    import mlflow
+
+    with _store_errors():
+        mlflow.set_tracking_uri(tracking_uri())
+        exp = mlflow.get_experiment_by_name(experiment_label())
+        if exp is None:
+            return None
+        runs = mlflow.MlflowClient().search_runs(
+            [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=(f"tags.`{CHECKPOINT_TAG}` = '{file_sha256(checkpoint)}' "
+                           "and attributes.status = 'FINISHED'"))
+    return runs[0].info.run_id if runs else None
+
+
+def experiment_label() -> str:
+    """The MLflow experiment every run goes to."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+
+
 def _numeric(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -102,7 +229,7 @@ class NullRun:
     def log_summary(self, metrics: dict) -> None: ...
     def log_model(self, model: torch.nn.Module, example: torch.Tensor, name: str,
                   register_tags: dict | None = None) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
+    def log_file(self, name: str, data: bytes | str) -> None: ...
     def set_tags(self, tags: dict) -> None: ...
 
 
@@ -115,11 +242,13 @@ class StageRun:
     def log_epoch(self, metrics: dict, epoch: int) -> None:
         """One epoch of the history, under `epoch/<key>` at step = epoch (never step 0)."""
         row = {f"{HISTORY_PREFIX}{k}": v for k, v in _numeric(metrics).items() if k != "epoch"}
-        self._mlflow.log_metrics(row, step=epoch)
+        with _store_errors():
+            self._mlflow.log_metrics(row, step=epoch)
 
     def log_summary(self, metrics: dict) -> None:
         """The stage's result under the metrics file's names, linked to the logged model if any."""
-        self._mlflow.log_metrics(_numeric(metrics), model_id=self._model_id)
+        with _store_errors():
+            self._mlflow.log_metrics(_numeric(metrics), model_id=self._model_id)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor, name: str,
                   register_tags: dict | None = None) -> None:
@@ -128,6 +257,10 @@ class StageRun:
         With `register_tags`, the model also becomes a new version of REGISTERED_MODEL, tagged
         with them. Log it before `log_summary`, so the summary shows on the model's page.
         """
+        with _store_errors():
+            self._log_model(model, example, name, register_tags)
+
+    def _log_model(self, model, example, name, register_tags) -> None:
         import mlflow.pytorch
 
         info = mlflow.pytorch.log_model(
@@ -142,11 +275,16 @@ class StageRun:
                 client.set_model_version_tag(REGISTERED_MODEL, info.registered_model_version, k,
                                              str(v))
 
-    def log_artifact(self, path: str | Path) -> None:
-        self._mlflow.log_artifact(str(path))
+    def log_file(self, name: str, data: bytes | str) -> None:
+        """An artifact named `name` with these contents (the stage's files are not written yet)."""
+        with _store_errors(), tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+            self._mlflow.log_artifact(str(path))
 
     def set_tags(self, tags: dict) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v not in (None, "")})
+        with _store_errors():
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v not in (None, "")})
 
 
 @contextmanager
@@ -189,10 +327,18 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a stage
     import mlflow
 
-    exp_id = _experiment_id(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
-    all_tags = {k: str(v) for k, v in {**run_tags(stage, dataset, run_type), **(tags or {})}.items()
-                if v not in (None, "")}
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags) as run:
-        mlflow.log_params({k: "none" if v is None else str(list(v) if isinstance(v, tuple) else v)
-                           for k, v in params.items()})
+    # MLflow stages models in the temp folder: keep that inside the project (see the docstring).
+    tempfile.tempdir = str(_staging_dir())
+    all_tags = {k: str(v) for k, v in {**run_tags(stage, dataset, run_type), **(tags or {}),
+                                       "host": socket.gethostname(), "process": process_id()
+                                       }.items() if v not in (None, "")}
+    with _store_errors():
+        exp_id = _experiment_id(mlflow, experiment_label())
+        _close_dead_runs(mlflow.MlflowClient(), exp_id)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
+    with run:  # ends the run FINISHED, or FAILED when the stage raised
+        with _store_errors():
+            mlflow.log_params({k: "none" if v is None else
+                               str(list(v) if isinstance(v, tuple) else v)
+                               for k, v in params.items()})
         yield StageRun(mlflow, run.info.run_id)

@@ -1,18 +1,21 @@
 """What the three training stages (teacher, student, distill) share, one step per function.
 
-A training stage reads top to bottom: build a model, `loop.fit` it, `evaluate` it, `save` its
-outputs, `record` it in MLflow. This module is the one place that decides what a result holds:
+A training stage reads top to bottom: build a model, `loop.fit` it, `evaluate` it, `save` it (in
+MLflow first, then its files). This module is the one place that decides what a result holds:
 - `metrics/<name>.json`: what experiments are compared on (`Result.summary`, plus a stage's
   own, e.g. the distilled student's agreement): the same values for the same params and seed, so
   `dvc exp show` stays narrow and `dvc metrics diff` is quiet when nothing changed;
 - MLflow: those values under the same names, plus timings, losses and per-class errors;
-- `model/<name>.pt`: weights, what is needed to rebuild the model, its test logits;
+- `model/<name>.pt`: weights, what is needed to rebuild the model, its test logits; nothing that
+  differs between two runs with the same params, code and data (no run id, no timing), so DVC
+  sees identical weights as an unchanged file;
 - `plots/<name>.csv`: the per-epoch history (`HISTORY` columns), for `dvc plots` and the report.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as _io
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd import io, loop, metrics, models
+from kd import io, loop, metrics, models, tracking
 from kd.data import Dataset
 from kd.params import Model, Params, Train
 
@@ -50,9 +53,18 @@ def build_model(arch: str, cfg: Model, data: Dataset) -> nn.Module:
     return model.to(data.train.x.device)
 
 
+CHECKPOINT_KEYS = ("arch", "in_shape", "classes", "class_names", "params", "input_dropout",
+                   "dropout", "state_dict", "test_logits", "dataset")
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint's dict; a missing, truncated or other kind of file is one UnreadableFile."""
+    return io.load_torch(path, CHECKPOINT_KEYS, "model checkpoint", map_location=device)
+
+
 def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """Rebuild a saved model in eval mode; returns (model, the checkpoint dict)."""
-    ckpt = torch.load(path, map_location=device)
+    ckpt = read_checkpoint(path, device)
     model = models.build(ckpt["arch"], tuple(ckpt["in_shape"]), ckpt["classes"],
                          ckpt["input_dropout"], ckpt["dropout"])
     model.load_state_dict(ckpt["state_dict"])
@@ -97,27 +109,29 @@ def history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def save(out: Outputs, model: nn.Module, arch: str, net: Model, data: Dataset, result: Result,
-         history: list[dict], run_id: str) -> None:
-    """Write the checkpoint, the metrics file and the per-epoch CSV (each atomically)."""
-    io.save_torch(out.model, {
+def save(run, name: str, out: Outputs, model: nn.Module, arch: str, net: Model, data: Dataset,
+         result: Result, history: list[dict], register_tags: dict | None = None) -> None:
+    """Record the model in MLflow, then write the checkpoint, metrics file and CSV together.
+
+    MLflow first: if logging fails, the stage's files stay as they were (and the run ends
+    FAILED), so DVC never sees new outputs from a stage that did not finish. The servable model
+    is logged before the summary, so the summary shows on the model's page.
+    """
+    checkpoint = io.torch_bytes({
         "arch": arch, "in_shape": list(data.in_shape), "classes": data.num_classes,
         "class_names": list(data.classes), "params": models.count_params(model),
         "input_dropout": net.input_dropout, "dropout": net.dropout,
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "test_logits": result.test_logits.cpu(), "dataset": data.name, "mlflow_run_id": run_id,
+        "test_logits": result.test_logits.cpu(), "dataset": data.name,
     })
-    io.write_json(out.metrics, result.summary)
-    io.write_text(out.plots, history_csv(history))
-
-
-def record(run, name: str, model: nn.Module, data: Dataset, result: Result, out: Outputs,
-           register_tags: dict | None = None) -> None:
-    """Log the servable model, then the summary (so it shows on the model's page) and the CSV."""
+    history_text = history_csv(history)
     run.log_model(models.Servable(model, data.mean, data.std), data.test.x[:2], name,
                   register_tags)
     run.log_summary({**result.summary, **result.details})
-    run.log_artifact(out.plots)
+    run.log_file(out.plots.name, history_text)
+    run.set_tags({tracking.CHECKPOINT_TAG: hashlib.sha256(checkpoint).hexdigest()})
+    io.write_files({out.model: checkpoint, out.metrics: io.json_text(result.summary),
+                    out.plots: history_text})
 
 
 def conclude(stage: str, result: Result, fit: loop.Fit) -> None:

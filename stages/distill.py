@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from kd import cli, data, device, loop, metrics, tracking, training, transfer
+from kd import cli, data, device, io, loop, metrics, tracking, training, transfer
 from kd.archs import resolve_arch
 from kd.errors import PipelineError
 from kd.losses import distillation_loss
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(p.seed)
         dev = device.pick()
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
-        soft = torch.load(args.soft_targets, map_location=dev)
+        soft = io.load_torch(args.soft_targets, ("train", "val", "test", "dataset"),
+                             "soft-targets file", map_location=dev)
         if soft["dataset"] != p.dataset or len(soft["train"]) != len(ds.train):
             raise PipelineError(f"{args.soft_targets}: soft targets are for another dataset "
                                 f"({soft['dataset']}); run the soft_targets stage first")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = {**training.run_params(p, arch, p.student_model, p.distill), "T": p.T,
                     "alpha": p.alpha, **asdict(t)}
         with tracking.stage_run("distill", p.dataset, settings, tags={
-                "teacher_run_id": soft["teacher_run_id"],
+                "teacher_run_id": tracking.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
             fit = loop.fit(model, ds, p.distill, loss_fn, seed=p.seed,
                            max_norm=p.student_model.max_norm, log=run.log_epoch, label="distill")
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
             result = training.evaluate(model, ds, fit)
             result.summary.update(transfer_images=len(subset), **correction,
                                   agreement=metrics.agreement(result.test_logits, soft["test"]))
-            training.save(out, model, arch, p.student_model, ds, result, fit.history, run.run_id)
-            training.record(run, "distilled", model, ds, result, out, register_tags={
+            training.save(run, "distilled", out, model, arch, p.student_model, ds, result,
+                          fit.history, register_tags={
                 "experiment": tracking.experiment_name(), "dataset": p.dataset, "T": p.T,
                 "alpha": p.alpha, "seed": p.seed, "test_acc": round(result.summary["test_acc"], 6),
                 "run_id": run.run_id})

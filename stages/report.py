@@ -12,14 +12,12 @@ older). Run: python -m stages.report
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import torch
 
 from kd import cli, data, io, metrics, reporting, tracking
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
+CHECKPOINT_KEYS = ("arch", "params", "class_names", "test_logits")  # what the report reads
 RUN_OF = {"teacher": "teacher_run_id", "student": "student_run_id", "distilled": "distill_run_id"}
 
 
@@ -42,8 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         labels = data.load(Path(args.data or f"data/{p.dataset}")).test.y
         finals, ckpts, histories = {}, {}, {}
         for label, name in MODELS:
-            finals[name] = json.loads((args.metrics_dir / f"{name}.json").read_text())
-            ckpts[name] = torch.load(args.models_dir / f"{name}.pt", map_location="cpu")
+            finals[name] = io.load_json(args.metrics_dir / f"{name}.json", "metrics file")
+            ckpts[name] = io.load_torch(args.models_dir / f"{name}.pt", CHECKPOINT_KEYS,
+                                        "model checkpoint")
             histories[label] = reporting.read_history(args.plots_dir / f"{name}.csv")
         teacher_logits = ckpts["teacher"]["test_logits"]
         rows = [{"name": label, "arch": ckpts[name]["arch"], "params": ckpts[name]["params"],
@@ -57,21 +56,23 @@ def main(argv: list[str] | None = None) -> None:
         experiment = tracking.experiment_name()
         md = reporting.report_markdown(p, experiment, rows, headline, finals["distilled"],
                                        ckpts["teacher"]["class_names"], per_class)
-        io.write_text(args.out / "report.md", md)
-        reporting.accuracy_plot(
+        png = reporting.accuracy_png(
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
-            args.out / "accuracy.png",
             f"{p.dataset}: test accuracy per epoch (T={p.T:g}, alpha={p.alpha:g}, seed={p.seed})")
         params = {"experiment": experiment, "dataset": p.dataset, "preset": p.raw["preset"],
                   "T": p.T, "alpha": p.alpha, "seed": p.seed,
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}
-        run_ids = {RUN_OF[name]: ckpts[name].get("mlflow_run_id") for _, name in MODELS}
+        # The runs that wrote these very checkpoints (found by their bytes: a killed or failed
+        # run never wrote one), also when DVC skipped their stages this time.
+        run_ids = {RUN_OF[name]: tracking.run_of(args.models_dir / f"{name}.pt")
+                   for _, name in MODELS}
         with tracking.stage_run("report", p.dataset, params, tags=run_ids, run_name=experiment,
                                 run_type="pipeline") as run:
             run.log_summary(headline)
-            run.log_artifact(args.out / "report.md")
-            run.log_artifact(args.out / "accuracy.png")
+            run.log_file("report.md", md)
+            run.log_file("accuracy.png", png)
+            io.write_files({args.out / "report.md": md, args.out / "accuracy.png": png})
     print(md)
 
 

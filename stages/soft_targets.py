@@ -4,8 +4,8 @@ The logits are stored raw (before any temperature): T is applied at distillation
 T never re-runs the teacher. The teacher runs in eval mode under no_grad (dropout off), on the
 un-augmented images, so the cache is exact for a student that also sees un-augmented images.
 
-Reads params: dataset. Writes model/soft_targets.pt ({train, val, test} float32 logits, the
-teacher's MLflow run id) and one MLflow run. Run: python -m stages.soft_targets
+Reads params: dataset. Writes model/soft_targets.pt ({train, val, test} float32 logits and the
+dataset's name) and one MLflow run, tagged with the teacher's run id. Run: python -m stages.soft_targets
 """
 
 from __future__ import annotations
@@ -29,20 +29,19 @@ def main(argv: list[str] | None = None) -> None:
     with cli.friendly_errors():
         dev = device.pick()
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
-        teacher, ckpt = training.load_checkpoint(args.teacher, dev)
-        teacher_run = ckpt["mlflow_run_id"]
+        teacher, _ = training.load_checkpoint(args.teacher, dev)
         with tracking.stage_run("soft_targets", p.dataset, {"dataset": p.dataset},
-                                tags={"teacher_run_id": teacher_run}) as run:
+                                tags={"teacher_run_id": tracking.run_of(args.teacher)}) as run:
             t0 = time.perf_counter()
             logits = {s: loop.predict(teacher, getattr(ds, s), ds).cpu()
                       for s in ("train", "val", "test")}
             seconds = time.perf_counter() - t0
-            io.save_torch(args.out, {**logits, "teacher_run_id": teacher_run, "dataset": p.dataset})
             n = sum(len(v) for v in logits.values())
             summary = {"images": n, "seconds": seconds, "samples_per_s": n / seconds,
                        **metrics.scores(logits["train"], ds.train.y, "transfer"),
                        **metrics.scores(logits["test"], ds.test.y, "test")}
-            run.log_summary(summary)
+            run.log_summary(summary)  # MLflow first: a failure there leaves the old file
+            io.save_torch(args.out, {**logits, "dataset": p.dataset})
     print(f"soft_targets: {n:,} images through the teacher in {seconds:.1f}s; teacher transfer-set "
           f"accuracy {summary['transfer_acc']:.4f} -> {args.out}")
 

@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
             fit = loop.fit(model, ds, p.student, loop.hard_label_loss, seed=p.seed,
                            max_norm=p.student_model.max_norm, log=run.log_epoch, label="student")
             result = training.evaluate(model, ds, fit)
-            training.save(out, model, arch, p.student_model, ds, result, fit.history, run.run_id)
-            training.record(run, "student", model, ds, result, out)
+            training.save(run, "student", out, model, arch, p.student_model, ds, result, fit.history)
         training.conclude("student", result, fit)
 
 

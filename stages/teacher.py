@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
             fit = loop.fit(model, ds, p.teacher, loop.hard_label_loss, seed=p.seed,
                            max_norm=p.teacher_model.max_norm, log=run.log_epoch, label="teacher")
             result = training.evaluate(model, ds, fit)
-            training.save(out, model, arch, p.teacher_model, ds, result, fit.history, run.run_id)
-            training.record(run, "teacher", model, ds, result, out)
+            training.save(run, "teacher", out, model, arch, p.teacher_model, ds, result, fit.history)
         training.conclude("teacher", result, fit)
 
 

@@ -33,7 +33,12 @@ def _set(raw, dotted, value):
 _DELETE = object()
 
 BAD = [
-    ("T", 0, "T must be a number in (0, inf]"),
+    ("T", 0, "T must be a finite number > 0 (got 0.0)"),
+    ("T", float("inf"), "T must be a finite number > 0 (got inf)"),
+    ("T", float("nan"), "T must be a finite number > 0 (got nan)"),
+    ("teacher.weight_decay", float("inf"), "teacher.weight_decay must be a finite number >= 0"),
+    ("distill.grad_clip", float("inf"), "distill.grad_clip must be a finite number >= 0"),
+    ("student.max_norm", float("-inf"), "student.max_norm must be a finite number >= 0"),
     ("T", -1, "T must be"),
     ("T", "hot", "T must be"),
     ("alpha", 1.5, "alpha must be a number in [0, 1]"),
@@ -128,7 +133,7 @@ def test_preset_is_a_name_only_the_values_in_the_file_run():
     ("keep_classes", [-1], "distill.keep_classes must be a list of class indices"),
     ("fraction", 0, "distill.fraction must be a number in (0, 1]"),
     ("bias_correction", "big", "distill.bias_correction must be auto or a number >= 0"),
-    ("bias_correction", -1, "distill.bias_correction must be a number in [0, inf]"),
+    ("bias_correction", -1, "distill.bias_correction must be a finite number >= 0"),
 ])
 def test_bad_transfer_settings(key, value, message):
     raw = tiny_params()
@@ -143,3 +148,42 @@ def test_transfer_set_must_keep_a_class():
     raw["distill"].update(keep_classes=[3], omit_classes=[3])
     with pytest.raises(ParamsError, match="leave no class"):
         validate(raw)
+
+
+@pytest.mark.parametrize("arch,ok", [("cnn:8-8-8", True), ("cnn:8-8-8-8", False), ("mlp:8", True)])
+def test_cnn_may_not_pool_the_image_below_one_pixel(arch, ok):
+    raw = tiny_params()  # digits: 8x8 images, so at most 3 halvings
+    raw["teacher"]["arch"] = arch
+    if ok:
+        validate(raw)
+        return
+    with pytest.raises(ParamsError, match=r"teacher.arch cnn:8-8-8-8 has 4 pooling blocks, but "
+                                          r"digits 8x8 images allow at most 3"):
+        validate(raw)
+
+
+def test_error_names_the_file_once(workdir, capsys):
+    from stages import check
+
+    for argv, message in ((["--params", "nope.yaml"], "error: nope.yaml: no such params file\n"),
+                          ([], "error: params.yaml: T must be a finite number > 0 (got inf)\n")):
+        raw = tiny_params()
+        raw["T"] = float("inf")
+        write_params(workdir, raw)
+        with pytest.raises(SystemExit) as exc:
+            check.main(argv)
+        assert exc.value.code == 2 and capsys.readouterr().err == message
+    assert not (workdir / "checks").exists()
+
+
+def test_check_stage_writes_the_same_marker_for_any_valid_params(workdir):
+    from stages import check
+
+    check.main([])
+    first = (workdir / "checks/params.ok").read_bytes()
+    raw = tiny_params()
+    raw["T"] = 8
+    write_params(workdir, raw)
+    check.main([])
+    # the same bytes: DVC then reruns only the stages whose own params changed
+    assert (workdir / "checks/params.ok").read_bytes() == first

@@ -1,0 +1,34 @@
+"""Stage 0: check the whole params.yaml before any other stage runs.
+
+DVC reruns a stage only when a param it lists changed, so a misspelt top-level key (`Temp: 8`)
+would pass unseen, and DVC deletes a stage's outputs before running it, so a bad value found by
+that stage costs its previous outputs. This stage lists the whole file: any change to params.yaml
+runs it first, and every other stage depends on its output, so a bad params.yaml stops
+`dvc repro` / `dvc exp run` here, exit status 2, before anything else is touched.
+
+The output's content never changes, so a valid change reruns only the stages whose params it
+touched. Run: python -m stages.check
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kd import cli, io
+
+OK = "params.yaml passed the checks of kd/params.py\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(__doc__)
+    ap.add_argument("--out", type=Path, default=Path("checks/params.ok"),
+                    help="marker the other stages depend on (default: checks/params.ok)")
+    args = ap.parse_args(argv)
+    cli.params_or_exit(args.params)
+    with cli.friendly_errors():
+        io.write_text(args.out, OK)
+    print(f"check: {args.params} is valid")
+
+
+if __name__ == "__main__":
+    main()
