@@ -43,6 +43,7 @@ import copy
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -76,8 +77,23 @@ def _store_errors() -> Iterator[None]:
     except PipelineError:
         raise
     except Exception as e:  # MlflowException, SQLAlchemy's OperationalError, OSError, ...
-        text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise TrackingError(f"MLflow store {tracking_uri()}: {text[:300]}") from None
+        raise TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The database's own words where there are some (SQLAlchemy keeps them as `.orig`), else
+    the first line of the message."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if getattr(seen, "orig", None) is not None:
+            return f"{type(seen.orig).__name__}: {seen.orig}"
+        seen = seen.__cause__ or seen.__context__
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+
+
+# MLflow logs a database error with its whole traceback before raising it; the stage reports it
+# as one line (TrackingError) instead.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def store_root() -> Path:
@@ -94,10 +110,13 @@ def artifact_location(uri: str) -> str | None:
     A relative default would resolve against each process's working directory (a queued
     experiment's temporary copy), scattering the artifacts.
     """
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri.removeprefix("sqlite:///"))
-    return (db.parent.resolve() / "mlartifacts").as_uri()
+    db = sqlite_file(uri)
+    return None if db is None else (db.parent.resolve() / "mlartifacts").as_uri()
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 @functools.cache  # HEAD does not move while a stage runs; asked for by every tag set
@@ -263,6 +282,10 @@ class StageRun:
     def _log_model(self, model, example, name, register_tags) -> None:
         import mlflow.pytorch
 
+        # uv's environments hold no pip, so MLflow warns on every model that the conda.yaml it
+        # writes lists pip unpinned: harmless, and a stage's stderr is for errors.
+        logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
+
         info = mlflow.pytorch.log_model(
             copy.deepcopy(model).float().cpu().eval(), name=name, input_example=example.cpu().numpy(),
             registered_model_name=REGISTERED_MODEL if register_tags is not None else None,
@@ -290,10 +313,10 @@ class StageRun:
 @contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Exclusive lock beside a SQLite store while it and the experiment are created."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_file(uri)
+    if db is None:
         yield  # a tracking server serialises its own writes
         return
-    db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.parent / f".{db.name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -327,12 +350,12 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a stage
     import mlflow
 
-    # MLflow stages models in the temp folder: keep that inside the project (see the docstring).
-    tempfile.tempdir = str(_staging_dir())
     all_tags = {k: str(v) for k, v in {**run_tags(stage, dataset, run_type), **(tags or {}),
                                        "host": socket.gethostname(), "process": process_id()
                                        }.items() if v not in (None, "")}
     with _store_errors():
+        # MLflow stages models in the temp folder: keep that inside the project (see above).
+        tempfile.tempdir = str(_staging_dir())
         exp_id = _experiment_id(mlflow, experiment_label())
         _close_dead_runs(mlflow.MlflowClient(), exp_id)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)

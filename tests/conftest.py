@@ -64,13 +64,13 @@ def one_line_error(capsys) -> str:
     return err
 
 
-def fails_cleanly(main, argv, folder, capsys) -> str:
-    """Run a stage's main(argv); assert exit 1, one error line and `folder` unchanged."""
+def fails_cleanly(main, argv, folder, capsys, code: int = 1) -> str:
+    """Run a stage's main(argv); assert exit `code`, one error line and `folder` unchanged."""
     before = hash_tree(folder)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         main(argv)
-    assert stop.value.code == 1
+    assert stop.value.code == code
     msg = one_line_error(capsys)
     assert hash_tree(folder) == before
     return msg

@@ -1,0 +1,225 @@
+"""Faults in a stage's inputs, outputs, MLflow store and process, through the real stages on
+digits: each ends with one `error:` line naming the file or key, a non-zero exit, and no output
+file changed or appeared; a killed stage leaves nothing behind once the next stage has run.
+(Broken raw and prepared data: tests/test_faults_data.py.)"""
+
+import errno
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+
+from kd import tracking
+from stages import check, distill, report, soft_targets, teacher
+from tests.conftest import ROOT, fails_cleanly, run_stage, tiny_params, write_params
+
+STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Every stage run once: a project folder and, beside it, its MLflow store."""
+    base = tmp_path_factory.mktemp("built")
+    mp = pytest.MonkeyPatch()
+    (base / "project").mkdir()
+    mp.chdir(base / "project")
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'store' / 'mlflow.db'}")
+    mp.setenv("DVC_ROOT", str(base / "store"))
+    mp.delenv("KD_TRACKING", raising=False)
+    write_params(base / "project", tiny_params())
+    for name in STAGES:
+        run_stage(name)
+    mp.undo()
+    return base
+
+
+@pytest.fixture
+def project(built, tmp_path, monkeypatch):
+    """A copy of the built project and its store; the working directory is the project."""
+    shutil.copytree(built, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path / "project")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "store"))
+    monkeypatch.delenv("KD_TRACKING", raising=False)
+    return tmp_path / "project"
+
+
+def runs(project, stage=None):
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    exp = mlflow.get_experiment_by_name("knowledge-distillation")
+    found = mlflow.search_runs([exp.experiment_id], output_format="list")
+    return [r for r in found if stage is None or r.data.tags.get("dvc.stage") == stage]
+
+
+def set_params(project, **changes):
+    raw = tiny_params()
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = raw
+        for key in path:
+            node = node[key]
+        node[last] = value
+    write_params(project, raw)
+
+
+# --- each fault: break something, name the stage that must refuse it and what it must say -----
+
+
+class Evil:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path("payload-ran"),))
+
+
+def truncated_checkpoint(project, monkeypatch, request):
+    path = project / "model/teacher.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    return soft_targets, "model/teacher.pt: not a readable model checkpoint (truncated or corrupt"
+
+
+def zero_byte_checkpoint(project, monkeypatch, request):
+    (project / "model/teacher.pt").write_bytes(b"")
+    return soft_targets, "model/teacher.pt: not a readable model checkpoint"
+
+
+def checkpoint_where_soft_targets_belong(project, monkeypatch, request):
+    shutil.copy(project / "model/teacher.pt", project / "model/soft_targets.pt")
+    return distill, "model/soft_targets.pt: not a soft-targets file (no train, val, test)"
+
+
+def soft_targets_where_a_checkpoint_belongs(project, monkeypatch, request):
+    shutil.copy(project / "model/soft_targets.pt", project / "model/teacher.pt")
+    return soft_targets, "model/teacher.pt: not a model checkpoint (no arch, in_shape"
+
+
+def pickle_payload_despite_env(project, monkeypatch, request):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    torch.save({"arch": Evil()}, project / "model/teacher.pt")
+    return soft_targets, "model/teacher.pt: not a readable model checkpoint"
+
+
+def corrupt_metrics_file(project, monkeypatch, request):
+    (project / "metrics/teacher.json").write_text('{"test_acc": 0.9,')
+    return report, "metrics/teacher.json: not a readable metrics file"
+
+
+def mangled_history_csv(project, monkeypatch, request):
+    (project / "plots/student.csv").write_text("epoch,test_acc\n1,high\n")
+    return report, "plots/student.csv: not a per-epoch history CSV"
+
+
+def model_folder_is_a_file(project, monkeypatch, request):
+    shutil.rmtree(project / "model")
+    (project / "model").write_text("not a folder")
+    return teacher, "model/teacher.pt: cannot write it (a file is where a folder should be: model)"
+
+
+def metrics_folder_is_a_file(project, monkeypatch, request):
+    # The checkpoint could be written, but a stage's outputs change together or not at all.
+    shutil.rmtree(project / "metrics")
+    (project / "metrics").write_text("not a folder")
+    return teacher, "metrics/teacher.json: cannot write it (a file is where a folder should be"
+
+
+def disk_full_on_the_metrics_file(project, monkeypatch, request):
+    write_bytes = pathlib.Path.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".teacher.json."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    return teacher, "metrics/teacher.json: cannot write it (No space left on device"
+
+
+def read_only_mlflow_store(project, monkeypatch, request):
+    # Root writes through file modes (as in CI), so the database is made read-only by a bind mount.
+    db = str(project.parent / "store" / "mlflow.db")
+    if subprocess.run(["mount", "--bind", db, db], capture_output=True).returncode != 0:
+        pytest.skip("needs a read-only bind mount (mount as root)")
+    # lazy: MLflow's engine, cached in this process, keeps the file open
+    request.addfinalizer(lambda: subprocess.run(["umount", "--lazy", db], check=True))
+    subprocess.run(["mount", "-o", "remount,ro,bind", db, db], check=True)
+    return teacher, "mlflow.db: OperationalError: attempt to write a readonly database"
+
+
+FAULTS = [truncated_checkpoint, zero_byte_checkpoint, checkpoint_where_soft_targets_belong,
+          soft_targets_where_a_checkpoint_belongs, pickle_payload_despite_env,
+          corrupt_metrics_file, mangled_history_csv, model_folder_is_a_file,
+          metrics_folder_is_a_file, disk_full_on_the_metrics_file, read_only_mlflow_store]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__ for f in FAULTS])
+def test_fault_is_one_line_and_changes_no_output(fault, project, monkeypatch, request, capsys):
+    stage, message = fault(project, monkeypatch, request)
+    msg = fails_cleanly(stage.main, [], project, capsys)
+    assert message in msg
+    assert not (project / "payload-ran").exists()
+    if fault is not read_only_mlflow_store:  # the run that did start ended FAILED, not RUNNING
+        assert not [r for r in runs(project) if r.info.status == "RUNNING"]
+
+
+PARAM_FAULTS = [
+    ({"teacher__arch": "cnn:8-8-8-8"}, teacher,
+     "params.yaml: teacher.arch cnn:8-8-8-8 has 4 pooling blocks, but digits 8x8 images allow"),
+    ({"T": float("inf")}, distill, "params.yaml: T must be a finite number > 0 (got inf)"),
+    ({"distill__lr": float("nan")}, check, "params.yaml: distill.lr must be a finite number > 0"),
+    ({"Temp": 8}, check, "params.yaml: Temp is not a known key; allowed: dataset, preset"),
+]
+
+
+@pytest.mark.parametrize("changes,stage,message", PARAM_FAULTS,
+                         ids=["impossible-arch", "T-inf", "lr-nan", "misspelt-top-key"])
+def test_bad_params_exit_2_and_change_nothing(changes, stage, message, project, capsys):
+    set_params(project, **changes)
+    assert message in fails_cleanly(stage.main, [], project, capsys, code=2)
+
+
+def test_identical_runs_write_identical_files_and_the_run_is_found_by_them(project):
+    outputs = [project / p for p in ("model/teacher.pt", "metrics/teacher.json",
+                                     "plots/teacher.csv")]
+    before = [p.read_bytes() for p in outputs]
+    teacher.main([])
+    assert [p.read_bytes() for p in outputs] == before  # DVC sees no change: nothing downstream
+    newest = max(runs(project, "teacher"), key=lambda r: r.info.start_time)
+    assert tracking.run_of(outputs[0]) == newest.info.run_id
+    assert "mlflow_run_id" not in torch.load(outputs[0], weights_only=True)
+
+
+def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_live_runs(
+        project, monkeypatch):
+    set_params(project, teacher__epochs=100_000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.teacher"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("teacher epoch 1/"):
+                break
+        else:
+            pytest.fail(f"the teacher stage never reported an epoch (exit {proc.wait()})")
+        (live,) = [r for r in runs(project, "teacher") if r.info.status == "RUNNING"]
+        set_params(project)
+        run_stage("student")  # another stage starting while the teacher lives: hands off
+        assert mlflow.get_run(live.info.run_id).info.status == "RUNNING"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    staging = project.parent / "store" / ".tmp"
+    teacher.main([])
+    assert mlflow.get_run(live.info.run_id).info.status == "KILLED"
+    assert not [r for r in runs(project) if r.info.status == "RUNNING"]
+    client = mlflow.MlflowClient()
+    assert not [m for m in client.search_logged_models(
+        [live.info.experiment_id], filter_string=f"source_run_id = '{live.info.run_id}'")
+        if str(m.status) == "PENDING"]
+    # valid outputs, no temporaries, and only this process's staging folder (it is still alive)
+    assert torch.load(project / "model/teacher.pt", weights_only=True)["arch"] == "mlp:256-256"
+    assert not list(project.rglob("*.tmp")) and not list(project.rglob(".*.tmp*"))
+    assert [p.name for p in staging.iterdir()] == [f"mlflow-{tracking.process_id().replace(':', '_')}"]
