@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_params
+from tests.conftest import ROOT, hash_tree, tiny_params
 
 pytestmark = pytest.mark.slow  # every test here drives DVC over the whole pipeline: minutes
 
@@ -184,3 +184,32 @@ def test_repro_then_T_change_then_queue(repo):
         assert row[4] == f"{float(r.data.params['T']):g}"
         assert row[-1] == f"{100 * r.data.metrics['distilled_test_acc']:.2f}%"
         assert row[-3] == f"{100 * r.data.metrics['teacher_test_acc']:.2f}%"
+
+
+def outputs_hash(repo: Path) -> dict:
+    return {folder: hash_tree(repo / folder) for folder in ("model", "metrics", "plots", "report")}
+
+
+@pytest.mark.parametrize("how,message", [
+    ("append Temp: 8 to params.yaml, dvc repro", "params.yaml: Temp is not a known key"),
+    ("dvc exp run -S T=0", "params.yaml: T must be a finite number > 0 (got 0.0)"),
+])
+def test_bad_params_stop_dvc_before_it_touches_any_output(repo, how, message):
+    """The `check` stage lists the whole params.yaml and every stage depends on it: a typo no
+    stage reads is caught, and DVC stops before deleting the outputs of the stage it would run."""
+    if not (repo / "model/distilled.pt").exists():
+        sh(repo, "dvc", "repro")
+    before = outputs_hash(repo)
+    if how.startswith("append"):
+        with open(repo / "params.yaml", "a") as fh:
+            fh.write("Temp: 8\n")
+        cmd = ["dvc", "repro"]
+    else:
+        cmd = ["dvc", "exp", "run", "-S", "T=0"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
+                          env=_env())
+    sh(repo, "git", "checkout", "params.yaml")
+    assert proc.returncode != 0
+    assert f"error: {message}" in proc.stdout + proc.stderr
+    assert "Running stage 'check'" in proc.stdout + proc.stderr
+    assert outputs_hash(repo) == before
