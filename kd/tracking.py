@@ -30,8 +30,9 @@ Runs and outputs stay consistent when a stage fails or is killed:
   each stage run first marks KILLED the RUNNING runs of this host whose process is gone
   (`kill -9`), and their PENDING logged models FAILED. A run whose process still lives (a queued
   experiment running beside this one) is never touched;
-- MLflow's staging folders go under `.tmp/` in the store's root, one per process, and the next
-  stage removes those of dead processes: nothing is left in the system's temp folder;
+- MLflow's staging folders go under `.tmp/` in the store's root, one per process, removed when
+  its stage ends; the next stage removes those of killed processes: nothing is left in the
+  system's temp folder;
 - checkpoints do not hold run ids (that would make identical weights a new file for DVC): a
   training run is tagged `checkpoint.sha256`, and `run_of(path)` finds the finished run that
   wrote a file with those bytes.
@@ -355,13 +356,18 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
                                        }.items() if v not in (None, "")}
     with _store_errors():
         # MLflow stages models in the temp folder: keep that inside the project (see above).
-        tempfile.tempdir = str(_staging_dir())
+        staging = _staging_dir()
+        tempfile.tempdir = str(staging)
         exp_id = _experiment_id(mlflow, experiment_label())
         _close_dead_runs(mlflow.MlflowClient(), exp_id)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
-    with run:  # ends the run FINISHED, or FAILED when the stage raised
-        with _store_errors():
-            mlflow.log_params({k: "none" if v is None else
-                               str(list(v) if isinstance(v, tuple) else v)
-                               for k, v in params.items()})
-        yield StageRun(mlflow, run.info.run_id)
+    try:
+        with run:  # ends the run FINISHED, or FAILED when the stage raised
+            with _store_errors():
+                mlflow.log_params({k: "none" if v is None else
+                                   str(list(v) if isinstance(v, tuple) else v)
+                                   for k, v in params.items()})
+            yield StageRun(mlflow, run.info.run_id)
+    finally:
+        tempfile.tempdir = None
+        shutil.rmtree(staging, ignore_errors=True)

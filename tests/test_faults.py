@@ -195,6 +195,7 @@ def test_identical_runs_write_identical_files_and_the_run_is_found_by_them(proje
 def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_live_runs(
         project, monkeypatch):
     set_params(project, teacher__epochs=100_000)
+    staging = project.parent / "store" / ".tmp"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "stages.teacher"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -208,10 +209,10 @@ def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_li
         set_params(project)
         run_stage("student")  # another stage starting while the teacher lives: hands off
         assert mlflow.get_run(live.info.run_id).info.status == "RUNNING"
+        assert len(list(staging.iterdir())) == 1  # the live teacher's staging folder stays
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    staging = project.parent / "store" / ".tmp"
     teacher.main([])
     assert mlflow.get_run(live.info.run_id).info.status == "KILLED"
     assert not [r for r in runs(project) if r.info.status == "RUNNING"]
@@ -219,7 +220,7 @@ def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_li
     assert not [m for m in client.search_logged_models(
         [live.info.experiment_id], filter_string=f"source_run_id = '{live.info.run_id}'")
         if str(m.status) == "PENDING"]
-    # valid outputs, no temporaries, and only this process's staging folder (it is still alive)
+    # valid outputs, no temporaries, no staging folder (the killed one's went, the rerun's too)
     assert torch.load(project / "model/teacher.pt", weights_only=True)["arch"] == "mlp:256-256"
     assert not list(project.rglob("*.tmp")) and not list(project.rglob(".*.tmp*"))
-    assert [p.name for p in staging.iterdir()] == [f"mlflow-{tracking.process_id().replace(':', '_')}"]
+    assert not list(staging.iterdir())
