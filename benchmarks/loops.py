@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,8 +97,8 @@ def subset(ds: Dataset, n_train: int, n_eval: int = 256) -> Dataset:
                    ds.classes, ds.mean, ds.std)
 
 
-def ce(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)
+def ce(logits: torch.Tensor, batch: loop.Batch) -> torch.Tensor:
+    return F.cross_entropy(logits, batch.y)
 
 
 def pipeline_train(s: Setup, r: Role, loss_fn: loop.LossFn = ce) -> Callable[[int], float]:
@@ -177,23 +178,23 @@ def distill_losses(s: Setup, batches: int) -> tuple[loop.LossFn, loop.LossFn]:
     T, alpha = s.params.T, s.params.alpha
     cache = soft_targets(s, teacher, batches * s.params.distill.batch_size)
 
-    def cached(logits, y, idx, x):
-        return distillation_loss(logits, cache[idx], y, T, alpha)
+    def cached(logits, batch):
+        return distillation_loss(logits, cache[batch.idx], batch.y, T, alpha)
 
     @torch.no_grad()
     def teacher_logits(x: torch.Tensor) -> torch.Tensor:
         with devices.autocast(s.dev):
             return teacher(x).float()
 
-    def online(logits, y, idx, x):
-        return distillation_loss(logits, teacher_logits(x), y, T, alpha)
+    def online(logits, batch):
+        return distillation_loss(logits, teacher_logits(batch.x), batch.y, T, alpha)
     return cached, online
 
 
 def distill_role(s: Setup) -> Role:
     """The distill stage trains the student's network with the distill.* knobs."""
     r = role(s, "student")
-    return replace(r, train=replace(s.params.distill, epochs=1, shift=0, flip=False))
+    return replace(r, train=replace(s.params.distill, epochs=1, shift=0, flip=False, mixup=0.0))
 
 
 def pipeline_inputs(s: Setup, r: Role) -> Callable[[int], float]:
@@ -201,13 +202,13 @@ def pipeline_inputs(s: Setup, r: Role) -> Callable[[int], float]:
     def run(batches: int) -> float:
         bs = r.train.batch_size
         gen = torch.Generator(device=s.dev).manual_seed(0)
+        rng = np.random.default_rng(0)
         sync(s.dev)
         t0 = time.perf_counter()
         perm = torch.randperm(len(s.ds.train), generator=gen, device=s.dev)
         for step in range(batches):
             idx = perm[step * bs:(step + 1) * bs]
-            loop.batch_inputs(s.ds.train, idx, s.ds, r.train, gen)
-            s.ds.train.y[idx]
+            loop.batch_inputs(s.ds.train, idx, s.ds, r.train, gen, rng)
         sync(s.dev)
         return batches * bs / (time.perf_counter() - t0)
     return run

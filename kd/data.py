@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kd.io import UnreadableFile, atomic_dir, load_torch, torch_bytes
@@ -143,3 +144,19 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
     mask = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def mixup(x: torch.Tensor, alpha: float, gen: torch.Generator, rng: np.random.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix every image of a normalised float batch with a random partner from the same batch:
+    image i becomes lam_i * x_i + (1 - lam_i) * x_partner(i), lam_i ~ Beta(alpha, alpha), one
+    weight per image (Zhang et al. 2018). Returns (mixed batch, partner index, lam (N,)).
+
+    The partners come from the loop's torch generator; the Beta draws from numpy's (torch cannot
+    draw Beta variates from a given generator), both seeded, so a run is reproducible.
+    """
+    n = len(x)
+    partner = torch.randperm(n, generator=gen, device=gen.device).to(x.device)
+    lam = torch.from_numpy(rng.beta(alpha, alpha, size=n)).float().to(x.device)
+    w = lam.view(-1, *([1] * (x.dim() - 1)))
+    return w * x + (1 - w) * x[partner], partner, lam

@@ -1,9 +1,10 @@
 """The training loop: plain PyTorch, one function for teacher, student and distillation.
 
 In:  a model, a `Dataset` already on its device, `params.Train` knobs, and a loss function
-     `loss_fn(logits, labels, idx, x)` (idx: the batch's row numbers in the training split, so a
-     distillation loss can look up cached teacher logits; x: the exact normalised inputs the model
-     saw, so an online teacher can see the same augmented batch).
+     `loss_fn(logits, batch)`: `batch` holds the exact normalised inputs the model saw (shifted,
+     flipped, mixed: an online teacher sees the very same tensor), their labels, their row numbers
+     in the training split (to look up cached teacher logits) and, with mixup, each image's
+     partner and weight.
 Out: `Fit` with one dict of floats per epoch; the model ends holding the weights of the epoch with
      the best *validation* accuracy (the test split is scored each epoch for the learning curves,
      never used to choose anything).
@@ -19,19 +20,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from kd import device as devices
-from kd.data import Dataset, Split, normalize, random_flip, random_shift
+from kd.data import Dataset, Split, mixup, normalize, random_flip, random_shift
 from kd.errors import PipelineError
+from kd.losses import hard_loss
 from kd.metrics import scores
 from kd.models import apply_max_norm
 from kd.params import Train
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # the normalised inputs the model sees, after every augmentation
+    y: torch.Tensor  # labels (of each mixed image's own part)
+    idx: torch.Tensor  # row numbers in the training split
+    partner: torch.Tensor | None = None  # mixup: the batch position of each image's partner
+    lam: torch.Tensor | None = None  # mixup: each image's own weight (N,)
+
+    @property
+    def partner_y(self) -> torch.Tensor | None:
+        return None if self.partner is None else self.y[self.partner]
+
+
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 # Big enough to keep the matmuls efficient, small enough that a CNN's activations stay well under
 # a gigabyte (4096 images through cnn:32-64 peaked near 2 GB resident).
 EVAL_BATCH = 1024
@@ -62,10 +78,10 @@ def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BAT
     return torch.cat(outs)
 
 
-def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
-                    x: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the true labels, as a `LossFn` (the teacher and the student baseline)."""
-    return F.cross_entropy(logits, labels)
+def hard_label_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Cross-entropy with the true labels (mixed, under mixup), as a `LossFn` (the teacher and the
+    student baseline)."""
+    return hard_loss(logits, batch.y, batch.partner_y, batch.lam)
 
 
 def optimizer(model: nn.Module, cfg: Train, total_steps: int
@@ -84,13 +100,17 @@ def optimizer(model: nn.Module, cfg: Train, total_steps: int
 
 
 def batch_inputs(split: Split, idx: torch.Tensor, data: Dataset, cfg: Train,
-                 gen: torch.Generator) -> torch.Tensor:
-    """Cut a batch by index, augment it (on uint8: 4x less memory traffic), normalise it."""
+                 gen: torch.Generator, rng: np.random.Generator) -> Batch:
+    """Cut a batch by index, augment it (on uint8: 4x less memory traffic), normalise it, mix it."""
     x = split.x[idx]
     x = random_shift(x, cfg.shift, gen)
     if cfg.flip:
         x = random_flip(x, gen)
-    return normalize(x, data.mean, data.std)
+    x = normalize(x, data.mean, data.std)
+    if cfg.mixup <= 0:
+        return Batch(x, split.y[idx], idx)
+    mixed, partner, lam = mixup(x, cfg.mixup, gen, rng)
+    return Batch(mixed, split.y[idx], idx, partner, lam)
 
 
 def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: int,
@@ -104,6 +124,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
     steps = n // bs
     opt, sched = optimizer(model, cfg, total_steps=cfg.epochs * steps)
     gen = torch.Generator(device=dev).manual_seed(seed)
+    rng = np.random.default_rng(seed)  # mixup's Beta draws only
     history: list[dict[str, float]] = []
     best_acc, best_state, best_epoch = -1.0, None, 0
     t_start = time.perf_counter()
@@ -117,11 +138,10 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
                    unit="batch")
         for step in range(steps):
             idx = perm[step * bs:(step + 1) * bs]
-            x = batch_inputs(data.train, idx, data, cfg, gen)
-            y = data.train.y[idx]
+            batch = batch_inputs(data.train, idx, data, cfg, gen, rng)
             with devices.autocast(dev):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, idx, x)
+                logits = model(batch.x)
+            loss = loss_fn(logits.float(), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

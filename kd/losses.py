@@ -23,10 +23,29 @@ def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: flo
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (T * T)
 
 
+def hard_loss(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor | None = None,
+              lam: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy with the true labels; for a mixup batch (image i = lam_i * image i + (1 -
+    lam_i) * its partner), the same mix of the two images' cross-entropies."""
+    if lam is None:
+        return F.cross_entropy(logits, labels)
+    own = F.cross_entropy(logits, labels, reduction="none")
+    other = F.cross_entropy(logits, partner_labels, reduction="none")
+    return (lam * own + (1 - lam) * other).mean()
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      labels: torch.Tensor, T: float, alpha: float) -> torch.Tensor:
-    """alpha * soft_loss + (1 - alpha) * cross-entropy with the true labels (Hinton eq. 2)."""
-    hard = F.cross_entropy(student_logits, labels)
+                      labels: torch.Tensor, T: float, alpha: float,
+                      partner_labels: torch.Tensor | None = None,
+                      lam: torch.Tensor | None = None) -> torch.Tensor:
+    """alpha * soft_loss + (1 - alpha) * cross-entropy with the true labels (Hinton eq. 2).
+
+    alpha = 1 is function matching (Beyer et al. 2022): the labels are never read, so the
+    transfer set may be unlabelled.
+    """
+    if alpha == 1:
+        return soft_loss(student_logits, teacher_logits, T)
+    hard = hard_loss(student_logits, labels, partner_labels, lam)
     if alpha == 0:
         return hard
     return alpha * soft_loss(student_logits, teacher_logits, T) + (1 - alpha) * hard

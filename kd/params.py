@@ -33,6 +33,7 @@ PRESETS = {
     "none": DATASETS,
     "hinton-mnist": ("mnist", "fashion-mnist"),
     "cifar100-resnet": ("cifar100", "cifar10"),
+    "patient-consistent": ("fashion-mnist", "mnist"),
 }
 
 
@@ -119,6 +120,7 @@ TRAIN_KEYS = {
     "shift": lambda k, v: _int(k, v, 0),
     "flip": _bool,
     "grad_clip": lambda k, v: _float(k, v, 0, INF),
+    "mixup": lambda k, v: _float(k, v, 0, INF),
 }
 MODEL_KEYS = {
     "arch": _arch,
@@ -162,6 +164,7 @@ class Train:
     shift: int
     flip: bool
     grad_clip: float
+    mixup: float  # Beta(a, a) of mixup's weights; 0 = off
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y)
 
-With no augmentation (distill.shift = 0, distill.flip = false) the student sees exactly the
-images the teacher saw when the soft targets were cached, so the cached logits are used. With
-augmentation, cached logits would be for other pixels: the teacher then runs (eval mode,
-no_grad) on the very same augmented batch as the student.
+With no augmentation (distill.shift = 0, distill.flip = false, distill.mixup = 0) the student
+sees exactly the images the teacher saw when the soft targets were cached, so the cached logits
+are used. With augmentation, cached logits would be for other pixels: the teacher then runs (eval
+mode, no_grad) on the very same augmented, mixed batch as the student ("consistent" teaching,
+Beyer et al. 2022). With alpha = 1 (function matching) no label is read.
 
 The transfer set can leave classes out, keep only some, or use a fraction of the training split
 (distill.omit_classes, keep_classes, fraction; Hinton et al. section 3); classes it lacks get
@@ -62,20 +63,21 @@ def main(argv: list[str] | None = None) -> None:
         cached = soft["train"][subset]
         ds.train = data.Split(ds.train.x[subset], ds.train.y[subset])
 
-        online = p.distill.shift > 0 or p.distill.flip
+        online = p.distill.shift > 0 or p.distill.flip or p.distill.mixup > 0
         if online:
             teacher, _ = training.load_checkpoint(args.teacher, dev)
 
             @torch.no_grad()
-            def teacher_logits(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            def teacher_logits(batch: loop.Batch) -> torch.Tensor:
                 with device.autocast(dev):
-                    return teacher(x).float()
+                    return teacher(batch.x).float()  # the student's very input tensor
         else:
-            def teacher_logits(idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                return cached[idx]
+            def teacher_logits(batch: loop.Batch) -> torch.Tensor:
+                return cached[batch.idx]
 
-        def loss_fn(s: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, x: torch.Tensor):
-            return distillation_loss(s, teacher_logits(idx, x), y, p.T, p.alpha)
+        def loss_fn(s: torch.Tensor, batch: loop.Batch) -> torch.Tensor:
+            return distillation_loss(s, teacher_logits(batch), batch.y, p.T, p.alpha,
+                                     batch.partner_y, batch.lam)
 
         arch = resolve_arch(p.student_model.arch, p.dataset, "student")
         model = training.build_model(arch, p.student_model, ds)

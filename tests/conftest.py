@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_TRAIN = {"epochs": 2, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-              "shift": 0, "flip": False, "grad_clip": 0.0}
+              "shift": 0, "flip": False, "grad_clip": 0.0, "mixup": 0.0}
 TINY_MODEL = {"arch": "auto", "input_dropout": 0.0, "dropout": 0.0, "max_norm": 0.0}
 
 

@@ -10,7 +10,7 @@ from kd.params import Train
 
 def train_cfg(momentum: float) -> Train:
     return Train(epochs=2, batch_size=8, lr=0.1, momentum=momentum, weight_decay=0.0, shift=0,
-                 flip=False, grad_clip=0.0)
+                 flip=False, grad_clip=0.0, mixup=0.0)
 
 
 def run_steps(momentum: float, steps: int = 6) -> tuple[torch.optim.SGD, list[float]]:

@@ -104,7 +104,8 @@ def test_preset_names_are_the_conf_preset_files():
 
 
 @pytest.mark.parametrize("preset,dataset,message", [
-    ("paper", "mnist", "preset must be one of none, hinton-mnist, cifar100-resnet (got 'paper')"),
+    ("paper", "mnist",
+     "preset must be one of none, hinton-mnist, cifar100-resnet, patient-consistent (got 'paper')"),
     ("cifar100-resnet", "fashion-mnist",
      "preset cifar100-resnet is made for dataset cifar100 or cifar10 (dataset is 'fashion-mnist')"),
     ("hinton-mnist", "digits",

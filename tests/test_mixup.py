@@ -1,0 +1,119 @@
+"""Mixup and consistent teaching (Beyer et al. 2022): the mixed batch, its labels, the online
+teacher's input, and function matching without labels."""
+
+import numpy as np
+import pytest
+import torch
+
+from kd import data, loop
+from kd.losses import distillation_loss, hard_loss
+from kd.params import Train
+from stages import distill
+from tests.conftest import tiny_params, write_params
+
+TRAIN = dict(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, shift=1,
+             flip=True, grad_clip=0.0, mixup=1.0)
+
+
+def test_mixup_is_a_convex_combination_with_its_drawn_weights():
+    x = torch.randn(64, 1, 8, 8)
+    mixed, partner, lam = data.mixup(x, 0.4, torch.Generator().manual_seed(0),
+                                     np.random.default_rng(0))
+    assert sorted(partner.tolist()) == list(range(64))  # a permutation of the batch
+    assert ((lam >= 0) & (lam <= 1)).all() and lam.std() > 0  # one weight per image
+    expected = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
+    torch.testing.assert_close(mixed, expected)
+    # Beta(0.4, 0.4) piles weights near 0 and 1; Beta(1, 1) is uniform
+    big = data.mixup(torch.zeros(20000, 1), 1.0, torch.Generator().manual_seed(1),
+                     np.random.default_rng(1))[2]
+    assert abs(float(big.mean()) - 0.5) < 0.01 and abs(float(big.var()) - 1 / 12) < 0.005
+
+
+def test_batch_keeps_each_images_label_with_its_own_part():
+    ds_x = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
+    split = data.Split(ds_x, torch.arange(40) % 10)
+    dset = data.Dataset("t", split, split, split, tuple("0123456789"), torch.zeros(1),
+                        torch.ones(1) / 255)  # normalise = identity on the pixel values
+    cfg = Train(**{**TRAIN, "shift": 0, "flip": False})
+    idx = torch.tensor([3, 17, 25, 38])
+    b = loop.batch_inputs(split, idx, dset, cfg, torch.Generator().manual_seed(0),
+                          np.random.default_rng(0))
+    own, other = idx.float(), idx[b.partner].float()  # pixel value = row number
+    torch.testing.assert_close(b.x[:, 0, 0, 0], b.lam * own + (1 - b.lam) * other)
+    assert b.partner_y.tolist() == (idx[b.partner] % 10).tolist()
+    logits = torch.randn(4, 10)
+    per = torch.nn.functional.cross_entropy
+    want = (b.lam * per(logits, b.y, reduction="none")
+            + (1 - b.lam) * per(logits, b.partner_y, reduction="none")).mean()
+    torch.testing.assert_close(hard_loss(logits, b.y, b.partner_y, b.lam), want)
+
+
+def test_mixup_off_draws_nothing_so_default_runs_are_unchanged():
+    split = data.Split(torch.randint(0, 255, (16, 1, 4, 4), dtype=torch.uint8), torch.zeros(16).long())
+    dset = data.Dataset("t", split, split, split, ("a",), torch.zeros(1), torch.ones(1))
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    cfg = Train(**{**TRAIN, "shift": 0, "flip": False, "mixup": 0.0})
+    b = loop.batch_inputs(split, torch.arange(8), dset, cfg, gen, rng)
+    assert b.partner is None and b.lam is None and b.partner_y is None
+    # neither random stream moved: the same draws follow as without mixup in the code at all
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
+    assert rng.random() == np.random.default_rng(0).random()
+
+
+def test_function_matching_never_reads_a_label():
+    s, t = torch.randn(8, 10, requires_grad=True), torch.randn(8, 10)
+    bad = torch.full((8,), -1)  # cross-entropy would fail on these
+    assert distillation_loss(s, t, bad, 4.0, 1.0).isfinite()
+    with pytest.raises((IndexError, RuntimeError)):
+        distillation_loss(s, t, bad, 4.0, 0.9)
+
+
+def test_function_matching_trains_the_same_on_an_unlabelled_transfer_set(workdir, monkeypatch):
+    """alpha = 1 with mixup on digits: labels set to -1 give the very same student."""
+    monkeypatch.setenv("KD_TRACKING", "off")
+    raw = tiny_params()
+    raw["alpha"] = 1.0
+    raw["distill"].update(shift=1, flip=True, mixup=1.0)
+    write_params(workdir, raw)
+    for name in ("download", "teacher", "soft_targets", "distill"):
+        __import__(f"stages.{name}", fromlist=["main"]).main([])
+    labelled = torch.load(workdir / "model/distilled.pt", weights_only=True)["state_dict"]
+    real_load = data.load
+
+    def unlabelled(folder):
+        ds = real_load(folder)
+        ds.train = data.Split(ds.train.x, torch.full_like(ds.train.y, -1))
+        return ds
+
+    monkeypatch.setattr(distill.data, "load", unlabelled)
+    distill.main([])
+    again = torch.load(workdir / "model/distilled.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(labelled[k], again[k]) for k in labelled)
+
+
+def test_online_teacher_gets_exactly_the_students_mixed_input(workdir, monkeypatch):
+    monkeypatch.setenv("KD_TRACKING", "off")
+    raw = tiny_params()
+    raw["distill"].update(shift=1, flip=True, mixup=0.5)
+    write_params(workdir, raw)
+    for name in ("download", "teacher", "soft_targets"):
+        __import__(f"stages.{name}", fromlist=["main"]).main([])
+    seen: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+
+    def record(role: str, model: torch.nn.Module) -> torch.nn.Module:
+        def hook(m, inp):
+            if role == "teacher" or m.training:  # the student's training steps, not evaluation
+                seen[role].append(inp[0])
+        model.register_forward_pre_hook(hook)
+        return model
+
+    load_checkpoint, build_model = distill.training.load_checkpoint, distill.training.build_model
+    monkeypatch.setattr(distill.training, "load_checkpoint", lambda *a: (
+        record("teacher", load_checkpoint(*a)[0]), None))
+    monkeypatch.setattr(distill.training, "build_model", lambda *a: record(
+        "student", build_model(*a)))
+    distill.main([])
+    n_train = len(torch.load(workdir / "data/digits/train.pt", weights_only=True)["y"])
+    assert len(seen["teacher"]) == 2 * (n_train // 64)  # every training step of both epochs
+    for t_in, s_in in zip(seen["teacher"], seen["student"], strict=True):
+        assert t_in is s_in  # the very tensor, not a copy, not another mix
