@@ -54,7 +54,13 @@ def test_each_preset_composes_valid_params_and_never_sets_T_alpha_seed(tmp_path,
         p = validate(raw)
         assert raw["preset"] == preset and p.dataset == ds
         assert (p.T, p.alpha, p.seed) == (7, 0.5, 3)  # a sweep over them under a preset is real
-        assert raw["teacher"] != base["teacher"]  # the preset's values are in the file
+        # the preset's own values are in the file, and they change something
+        own = yaml.safe_load((CONF / "preset" / f"{preset}.yaml").read_text())
+        for section, values in own.items():
+            if isinstance(values, dict):
+                assert {k: raw[section][k] for k in values} == values, (preset, section)
+        assert {k: v for k, v in raw.items() if k != "preset"} != {
+            k: v for k, v in base.items() if k != "preset"}
 
 
 def test_override_grammar_for_architectures_and_class_lists(tmp_path):
