@@ -12,7 +12,7 @@ import torchvision.datasets as tvd
 from kd import data, sources
 from kd.io import torch_bytes
 from stages import download, teacher
-from tests import test_sources as raw_files
+from tests import rawfiles as raw_files
 from tests.conftest import fails_cleanly, tiny_params, write_params
 
 

@@ -4,8 +4,6 @@ experiments run by `dvc queue start -j 2`, all landing in one MLflow store at th
 Runs in a temporary git repository holding a copy of the project, on digits with tiny epochs.
 """
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,34 +11,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
-from tests.conftest import ROOT, hash_tree, tiny_params
+from tests.conftest import hash_tree
+from tests.project_repo import env, make_project_repo, sh
 
 pytestmark = pytest.mark.slow  # every test here drives DVC over the whole pipeline: minutes
-
-PROJECT_FILES = ("kd", "stages", "tools", "conf", "dvc.yaml", "params.yaml", ".dvc/config",
-                 ".dvcignore", ".gitignore", "pyproject.toml")
-
-
-def sh(repo: Path, *cmd: str, timeout: int = 600) -> str:
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout,
-                          env=_env())
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    # The stages' `python` must be this interpreter (uv run puts .venv/bin first the same way).
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("MLFLOW_TRACKING_URI", None)  # exercise the default store at DVC_ROOT
-    env.pop("KD_TRACKING", None)
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t",
-               GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com")
-    return env
-
 
 def runs(repo: Path) -> list:
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
@@ -50,37 +25,6 @@ def runs(repo: Path) -> list:
 
 def count(all_runs, stage: str) -> int:
     return sum(r.info.run_name == stage for r in all_runs)
-
-
-def make_project_repo(repo: Path) -> None:
-    """A git repository holding a copy of the project (every tracked file, plus the project's
-    folders as they are now) on digits with one epoch per model.
-
-    `dvc exp run` recomposes params.yaml from conf/ (Hydra), so the tiny values go into
-    conf/config.yaml and params.yaml is composed from it by DVC's own function, as committed."""
-    from dvc.utils.hydra import compose_and_dump
-
-    tracked = sh(ROOT, "git", "ls-files").splitlines()
-    for rel in sorted({*tracked, *PROJECT_FILES}):
-        src, dst = ROOT / rel, repo / rel
-        if not src.exists() or rel.startswith(("data/", "model/", "metrics/", "plots/", "report/",
-                                               "results/", "dvc.lock")):
-            continue  # deleted but not committed, or outputs of the real run
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"),
-                            dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, dst)
-    params = tiny_params()
-    for section in ("teacher", "student", "distill"):
-        params[section]["epochs"] = 1
-    conf = {"defaults": ["_self_", {"dataset": "digits"}, {"preset": "none"}], **params}
-    (repo / "conf" / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
-    compose_and_dump(repo / "params.yaml", str(repo / "conf"), None, "config", str(repo), [])
-    sh(repo, "git", "init", "-q", "-b", "main")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "project")
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +151,7 @@ def test_bad_params_stop_dvc_before_it_touches_any_output(repo, how, message):
     else:
         cmd = ["dvc", "exp", "run", "-S", "T=0"]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
-                          env=_env())
+                          env=env())
     sh(repo, "git", "checkout", "params.yaml")
     assert proc.returncode != 0
     assert f"error: {message}" in proc.stdout + proc.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from kd import sweep
-from tests.test_pipeline_e2e import _env, make_project_repo
+from tests.project_repo import env, make_project_repo
 from tools import sweep as sweep_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +271,7 @@ def sh(repo: Path, *cmd: str, timeout: int = 600) -> str:
     """tests.test_pipeline_e2e.sh with MLflow off (KD_TRACKING=off, inherited by queued runs): the
     sweep reads DVC only, and skipping the model logging saves about a third of the run."""
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout,
-                          env={**_env(), "KD_TRACKING": "off"})
+                          env={**env(), "KD_TRACKING": "off"})
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
