@@ -170,6 +170,14 @@ def process_gone(process: str) -> bool:
     boot, pid, started = process.rsplit(":", 2)
     if not pid.isdigit():
         return False  # not ours to judge
+    if not started:  # no /proc (not Linux): all we can tell is whether the PID exists
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
     if boot != _boot_id():
         return True  # the machine rebooted since
     return _start_time(int(pid)) != started  # gone, or its PID now belongs to another process
@@ -284,8 +292,10 @@ class StageRun:
         import mlflow.pytorch
 
         # uv's environments hold no pip, so MLflow warns on every model that the conda.yaml it
-        # writes lists pip unpinned: harmless, and a stage's stderr is for errors.
+        # writes lists pip unpinned, and says at INFO that it found uv's lock file: harmless,
+        # and a stage's stderr is for errors.
         logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
+        logging.getLogger("mlflow.utils.uv_utils").setLevel(logging.WARNING)
 
         info = mlflow.pytorch.log_model(
             copy.deepcopy(model).float().cpu().eval(), name=name, input_example=example.cpu().numpy(),

@@ -224,3 +224,19 @@ def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_li
     assert torch.load(project / "model/teacher.pt", weights_only=True)["arch"] == "mlp:256-256"
     assert not list(project.rglob("*.tmp")) and not list(project.rglob(".*.tmp*"))
     assert not list(staging.iterdir())
+
+
+def test_a_process_is_gone_only_when_provably_so(monkeypatch):
+    me = tracking.process_id()
+    assert not tracking.process_gone(me)
+    boot, pid, started = me.rsplit(":", 2)
+    assert tracking.process_gone(f"{boot}:{pid}:{int(started) + 1}")  # the PID, reused later
+    assert tracking.process_gone(f"another-boot:{pid}:{started}")  # rebooted since
+    # Without /proc (macOS): alive while the PID exists, never judged by a missing start time
+    monkeypatch.setattr(tracking, "_start_time", lambda pid: None)
+    monkeypatch.setattr(tracking, "_boot_id", lambda: "")
+    assert tracking.process_id() == f":{os.getpid()}:"
+    assert not tracking.process_gone(tracking.process_id())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert tracking.process_gone(f":{dead.pid}:")
