@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.io import UnreadableFile, atomic_dir, load_torch, torch_bytes
+from kd.io import UnreadableFile, atomic_dir, load_json, load_torch, torch_bytes
 
 SPLITS = ("train", "val", "test")
 META_KEYS = ("dataset", "classes", "mean", "std")
@@ -96,14 +96,8 @@ def save(folder: Path, name: str, train: Split, val: Split, test: Split,
 def load(folder: Path) -> Dataset:
     """Read what `save` wrote; a missing, truncated or corrupt file is an UnreadableFile naming it."""
     path = Path(folder) / "meta.json"
-    if not path.is_file():
-        raise UnreadableFile(f"{path}: no such file, so no prepared dataset in {path.parent} "
-                             "(run the download stage)")
-    try:
-        meta = json.loads(path.read_text())
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise UnreadableFile(f"{path}: not readable JSON ({e}); rerun the download stage") from None
-    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    meta = load_json(path, "prepared dataset's meta.json")
+    missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise UnreadableFile(f"{path}: not a prepared dataset's meta.json (no {', '.join(missing)}); "
                              "rerun the download stage")

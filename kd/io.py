@@ -59,7 +59,8 @@ def _umask() -> int:
     return mask
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +74,7 @@ def _sweep_stale(folder: Path, name: str) -> None:
     """Delete temporaries of `name` left in `folder` by writers that no longer run (kill -9)."""
     for old in folder.glob(f".{name}.*.tmp*"):
         pid = old.name[len(name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             if old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
             else:

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from kd import io
 from kd.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -171,13 +172,7 @@ def process_gone(process: str) -> bool:
     if not pid.isdigit():
         return False  # not ours to judge
     if not started:  # no /proc (not Linux): all we can tell is whether the PID exists
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not io.pid_alive(int(pid))
     if boot != _boot_id():
         return True  # the machine rebooted since
     return _start_time(int(pid)) != started  # gone, or its PID now belongs to another process

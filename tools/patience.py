@@ -88,17 +88,18 @@ def run(args) -> None:
         with lock:
             print(msg, flush=True)
 
-    def prepare(seed: int) -> Path:
+    def prepare(seed: int) -> None:
+        """The seed's teacher and soft targets; the first seed's folder also prepares the data,
+        which the others link to."""
         folder = work / f"seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "params.yaml").write_text(yaml.safe_dump(params_for(base, seed, {})))
-        for name in (["download"] if seed == seeds[0] else []) + ["teacher", "soft_targets"]:
-            if name != "download" and not (work / f"seed{seeds[0]}" / "data").exists():
-                raise RuntimeError("no prepared data")
-            if name != "download" and not (folder / "data").exists():
-                (folder / "data").symlink_to(work / f"seed{seeds[0]}" / "data")
+        if seed == seeds[0]:
+            stage(folder, "download", log)
+        elif not (folder / "data").exists():
+            (folder / "data").symlink_to(work / f"seed{seeds[0]}" / "data")
+        for name in ("teacher", "soft_targets"):
             stage(folder, name, log)
-        return folder
 
     def job(seed: int, name: str, stages: list[str], changes: dict) -> None:
         folder = work / f"seed{seed}-{name}"
