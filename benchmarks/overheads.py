@@ -1,4 +1,5 @@
-"""The pipeline's costs around training: start-up, data, MLflow, the stages and DVC itself.
+"""The pipeline's costs around training: start-up, the logged model, the stages, DVC itself, and
+several experiments at once.
 
 Stages and DVC run as child processes, in temporary folders, never in the project's own tree:
 the project's data/, model/ and MLflow store are left alone.
@@ -8,17 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import tempfile
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
-from benchmarks.common import PYTHON, ROOT, Child, child_env, env_vars, progress, run_child
+from benchmarks.common import PYTHON, ROOT, Child, child_env, progress, run_child
 
 STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
 # Results of an earlier run in the project: a temporary copy starts without them.
@@ -36,18 +33,6 @@ def startup_seconds(commands: dict[str, list[str]], repeats: int) -> dict[str, f
     return {name: min(t) for name, t in times.items()}
 
 
-def startup_commands(quick: bool) -> dict[str, list[str]]:
-    """Bare python, the heavy imports the stages pay for, and each stage's --help (its imports)."""
-    imports = ["torch"] if quick else [
-        "torch", "torchvision.datasets",  # kd.sources imports it at module level
-        "mlflow", "mlflow.pytorch"]       # the training stages' log_model imports mlflow.pytorch
-    cmds = {"python -c pass": [PYTHON, "-c", "pass"]}
-    cmds.update({f"import {m}": [PYTHON, "-c", f"import {m}"] for m in imports})
-    for stage in ("teacher",) if quick else STAGES:
-        cmds[f"stages.{stage} --help"] = [PYTHON, "-m", f"stages.{stage}", "--help"]
-    return cmds
-
-
 def workspace_params(dataset: str, data_root: str | None, epochs: int, **top) -> dict:
     """The project's params.yaml for another dataset, with every stage's epochs set (0: kept)."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -58,45 +43,6 @@ def workspace_params(dataset: str, data_root: str | None, epochs: int, **top) ->
             p[section]["epochs"] = epochs
     p.update(top)
     return p
-
-
-@dataclass
-class MlflowCosts:
-    new_store: float  # seconds to open a stage's run on a new store (first use: import, tables)
-    existing_store: float  # the same on a store that exists (every later stage)
-    log_epoch: float  # median seconds of log_metrics of one epoch's dict
-    import_pytorch_flavor: float  # seconds of `import mlflow.pytorch` (log_model needs it)
-    log_model: float  # seconds of one StageRun.log_model, as every training stage does it
-
-
-def mlflow_costs(epoch_row: dict, calls: int, model: torch.nn.Module, example: torch.Tensor
-                 ) -> MlflowCosts:
-    """Through kd.tracking as the stages use it, on a temporary SQLite store."""
-    from kd import tracking
-
-    def open_run(stack: ExitStack) -> tuple[object, float]:
-        t0 = time.perf_counter()
-        run = stack.enter_context(tracking.stage_run("bench", "bench", {"seed": 0}))
-        return run, time.perf_counter() - t0
-
-    with tempfile.TemporaryDirectory() as tmp, env_vars(
-            MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", MLFLOW_DISABLE_TELEMETRY="true",
-            KD_TRACKING="on"):
-        with ExitStack() as stack:
-            run, new_store = open_run(stack)
-            times = []
-            for step in range(1, calls + 1):
-                t0 = time.perf_counter()
-                run.log_epoch(epoch_row, step)
-                times.append(time.perf_counter() - t0)
-        with ExitStack() as stack:
-            run, existing = open_run(stack)
-            t0 = time.perf_counter()
-            import mlflow.pytorch  # noqa: F401  (timed apart from log_model's own work)
-            t1 = time.perf_counter()
-            run.log_model(model, example, "bench")
-            t2 = time.perf_counter()
-    return MlflowCosts(new_store, existing, statistics.median(times), t1 - t0, t2 - t1)
 
 
 def run_stages(dataset: str, data_root: str | None, epochs: int
@@ -132,30 +78,119 @@ def copy_project(dst: Path) -> None:
         shutil.copy2(src, dst / rel)
 
 
+def git_copy(repo: Path, params: dict) -> None:
+    """A git repository holding a copy of the project with these params, committed."""
+    copy_project(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "project"]):
+        run_child(cmd, repo, child_env())
+
+
 def dvc_overheads(dataset: str, data_root: str | None, epochs: int) -> dict[str, float]:
     """In a temporary git copy of the project: a full `dvc repro`, a `dvc repro` with nothing to
-    do, and `dvc exp run -S T=4` from a T=2 baseline, with the distill stage's training seconds."""
+    do, `dvc exp run -S T=4` from a T=2 baseline with the distill stage's training seconds, and
+    then the three stages that experiment ran, each alone as a fresh process (DVC's own share is
+    the experiment's time less theirs)."""
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
-        copy_project(repo)
-        params = workspace_params(dataset, data_root, epochs, T=2)
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        git_copy(repo, workspace_params(dataset, data_root, epochs, T=2))
         env = child_env()
         sh = lambda *cmd: run_child(list(cmd), repo, env)  # noqa: E731
-        sh("git", "init", "-q", "-b", "main")
-        sh("git", "add", "-A")
-        sh("git", "commit", "-qm", "project")
         progress(f"dvc repro (full, {dataset})")
-        full = sh("dvc", "repro").seconds
+        out = {"full": sh("dvc", "repro").seconds}
         sh("git", "add", "-A")
         sh("git", "commit", "-qm", "baseline")
         progress("dvc repro (nothing to do)")
-        noop = sh("dvc", "repro").seconds
-        progress("dvc exp run -S T=4")
+        out["noop"] = sh("dvc", "repro").seconds
+        progress("dvc exp run -S T=4, then its stages alone")
         # --no-hydra: apply -S to this params.yaml, not recompose it from the project's conf/.
-        exp = sh("dvc", "exp", "run", "--no-hydra", "-S", "T=4").seconds
-        distill = distill_train_seconds(repo)
-    return {"full": full, "noop": noop, "exp": exp, "distill_train": distill}
+        out["exp"] = sh("dvc", "exp", "run", "--no-hydra", "-S", "T=4").seconds
+        out["distill_train"] = distill_train_seconds(repo)
+        for stage in ("check", "distill", "report"):
+            out[stage] = sh(PYTHON, "-m", f"stages.{stage}").seconds
+        out["distill_train_alone"] = distill_train_seconds(repo)
+    return out
+
+
+# Logs the teacher's servable model in a format (argv[2]) to a store (argv[1]), prints the
+# seconds of log_model and the model's URI.
+_LOG_MODEL = """import sys, time
+import torch, mlflow, mlflow.pytorch
+from kd import models
+net = models.build("cnn:32-64", (1, 28, 28), 10, 0.0, 0.3)
+model = models.Servable(net, torch.tensor([0.29]), torch.tensor([0.35])).eval()
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    t0 = time.perf_counter()
+    info = mlflow.pytorch.log_model(model, name="model", serialization_format=sys.argv[2],
+        input_example=torch.zeros(2, 1, 28, 28, dtype=torch.uint8).numpy(),
+        code_paths=[sys.argv[3]], pip_requirements=["torch"])
+    print(time.perf_counter() - t0, info.model_uri)
+"""
+# Loads a logged model (argv[2]) in a fresh process, as a user or a server would: the imports
+# and load_model, timed together; then one prediction.
+_LOAD_MODEL = """import sys, time
+t0 = time.perf_counter()
+import mlflow, mlflow.pytorch, torch
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pytorch.load_model(sys.argv[2])
+seconds = time.perf_counter() - t0
+assert model(torch.zeros(3, 1, 28, 28, dtype=torch.uint8)).shape == (3, 10)
+print(seconds)
+"""
+
+
+def logged_model_costs() -> dict[str, tuple[float, float]]:
+    """{format: (seconds of log_model, seconds to load it back in a fresh process)} for the
+    pickle format the stages log and torch.export's pt2, MLflow's default."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        env = child_env()
+        create = f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()"
+        run_child([PYTHON, "-c", create], Path(tmp), env)  # the tables, outside the timings
+        for fmt in ("pickle", "pt2"):
+            progress(f"MLflow: log_model ({fmt}) and load_model in a fresh process")
+            seconds, model_uri = run_child([PYTHON, "-c", _LOG_MODEL, uri, fmt, str(ROOT / "kd")],
+                                           Path(tmp), env).output.split()[-2:]
+            load = run_child([PYTHON, "-c", _LOAD_MODEL, uri, model_uri], Path(tmp), env)
+            out[fmt] = (float(seconds), float(load.output.split()[-1]))
+    return out
+
+
+def queued_experiments(data_root: str | None, epochs: int, settings: dict[str, tuple[int, dict]]
+                       ) -> dict[str, float]:
+    """Wall time of four queued experiments (new T values each) per setting {name: (jobs, extra
+    environment)}, in one temporary git copy on Fashion-MNIST whose baseline ran first."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        params = workspace_params("fashion-mnist", data_root, 1)
+        params["distill"]["epochs"] = epochs
+        git_copy(repo, params)
+        progress("queue: the baseline (dvc repro, one epoch per model)")
+        run_child(["dvc", "repro"], repo, child_env())
+        run_child(["git", "add", "-A"], repo, child_env())
+        run_child(["git", "commit", "-qm", "baseline"], repo, child_env())
+        for i, (name, (jobs, extra)) in enumerate(settings.items()):
+            env = child_env(**extra)
+            temps = [str(10 * i + t) for t in (1, 2, 3, 5)]  # new values: nothing is cached
+            for T in temps:
+                run_child(["dvc", "exp", "run", "--queue", "--no-hydra", "-S", f"T={T}"], repo, env)
+            progress(f"queue: 4 experiments, {name}")
+            t0 = time.perf_counter()
+            run_child(["dvc", "queue", "start", "-j", str(jobs)], repo, env)
+            while True:
+                status = run_child(["dvc", "queue", "status"], repo, env).output
+                if "Running" not in status and "Queued" not in status:
+                    break
+                time.sleep(1)
+            out[name] = time.perf_counter() - t0
+            if "Failed" in status:
+                raise RuntimeError(f"a queued experiment failed:\n{status}")
+            run_child(["dvc", "queue", "stop"], repo, env)
+    return out
 
 
 def distill_train_seconds(repo: Path) -> float:

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kd import device as devices
+from kd import resources
 from kd.data import Dataset, Split, mixup, normalize, random_flip, random_shift
 from kd.errors import PipelineError
 from kd.losses import hard_loss
@@ -67,6 +68,7 @@ class Fit:
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BATCH) -> torch.Tensor:
     """Logits (N, classes) in float32 for a whole split, in eval mode (dropout off, BN frozen)."""
+    resources.share_cores()
     was_training = model.training
     model.eval()
     dev = split.x.device
@@ -130,6 +132,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
     t_start = time.perf_counter()
     tty = sys.stderr.isatty()
     for epoch in range(1, cfg.epochs + 1):
+        resources.share_cores()  # fewer threads when other stages have started since
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=dev)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd import io, loop, metrics, models, tracking
+from kd import io, loop, metrics, models, resources, tracking
 from kd.data import Dataset
 from kd.params import Model, Params, Train
 
@@ -81,7 +81,8 @@ def run_params(p: Params, arch: str, net: Model, train: Train) -> dict:
 def announce(stage: str, arch: str, model: nn.Module, data: Dataset, train: Train) -> None:
     print(f"{stage}: {arch} ({models.count_params(model):,} parameters) on {data.name}: "
           f"{len(data.train):,} train, {len(data.val):,} val, {len(data.test):,} test images, "
-          f"{train.epochs} epochs, device {data.train.x.device}", flush=True)
+          f"{train.epochs} epochs, device {data.train.x.device}, "
+          f"{resources.share_cores()} threads", flush=True)
 
 
 def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:

@@ -19,6 +19,10 @@ def test_quick_benchmark_prints_every_measurement():
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| measurement |")
-    for item in ("1. teacher", "1. student", "2. teacher", "3. distill epoch", "4. teacher eval",
-                 "5. MLflow log_metrics"):
+    for item in ("1. teacher cnn:32-64 training FLOP rate", "1. teacher training: channels-last",
+                 "1. teacher step: optimizer.step", "1. per-epoch evaluation", "1. evaluation: batch",
+                 "3. the teacher's 10 epochs at its kernel ceiling"):
         assert any(row.startswith(f"| {item}") for row in table), item
+    # Every row with a target says whether it was met.
+    assert all(row.split("|")[-2].strip() in ("yes", "**no**") for row in table[2:]
+               if row.split("|")[-3].strip() not in ("—", ""))

@@ -64,3 +64,17 @@ def test_auto_gives_a_teacher_and_student_for_every_dataset():
         teacher, student = resolve_arch("auto", ds, "teacher"), resolve_arch("auto", ds, "student")
         assert parse_arch(teacher) and parse_arch(student)
     assert resolve_arch("mlp:10", "digits", "teacher") == "mlp:10"
+
+
+@pytest.mark.parametrize("arch,in_shape", [("cnn:8-16", (1, 28, 28)), ("resnet8x4", (3, 32, 32))])
+def test_conv_nets_run_channels_last_and_compute_what_nchw_computes(arch, in_shape):
+    torch.manual_seed(0)
+    nhwc = build(arch, in_shape, 10)
+    torch.manual_seed(0)
+    nchw = build(arch, in_shape, 10, memory_format=torch.contiguous_format)
+    convs = [m.weight for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert nchw.state_dict().keys() == nhwc.state_dict().keys()
+    x = torch.randn(4, *in_shape)  # NCHW, as batches are cut: the forward converts it
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.eval()(x), nchw.eval()(x), rtol=1e-4, atol=1e-4)

@@ -1,7 +1,9 @@
 """End to end through DVC, as a user runs it: `dvc repro`, `dvc exp run -S T=2`, and two queued
-experiments run by `dvc queue start -j 2`, all landing in one MLflow store at the repo root.
+experiments run by `dvc queue start -j 2`, all landing in one MLflow store at the repo root; then
+`python -m tools.sweep` over those experiments, and bad params stopped before any output changes.
 
-Runs in a temporary git repository holding a copy of the project, on digits with tiny epochs.
+The tests share one temporary git repository holding a copy of the project (digits, one epoch per
+model) and run in file order: each starts from what the one before left.
 """
 
 import subprocess
@@ -12,8 +14,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import hash_tree
+from tests.conftest import PNG_MAGIC, hash_tree
 from tests.project_repo import env, make_project_repo, sh
+from tools import sweep as sweep_cli
 
 pytestmark = pytest.mark.slow  # every test here drives DVC over the whole pipeline: minutes
 
@@ -128,6 +131,22 @@ def test_repro_then_T_change_then_queue(repo):
         assert row[4] == f"{float(r.data.params['T']):g}"
         assert row[-1] == f"{100 * r.data.metrics['distilled_test_acc']:.2f}%"
         assert row[-3] == f"{100 * r.data.metrics['teacher_test_acc']:.2f}%"
+
+
+def test_sweep_summarises_the_queued_experiments(repo, tmp_path, capsys):
+    """`python -m tools.sweep` over the experiments the test above made: T = 1, 2, 8 and the
+    baseline commit's 4; the workspace equals the T=2 experiment and is left out."""
+    if not list((repo / ".git" / "refs" / "exps").rglob("*")):
+        pytest.skip("needs the experiments of test_repro_then_T_change_then_queue")
+    sweep_cli.main(["--repo", str(repo), "--out", str(tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    md = (tmp_path / "sweep" / "sweep.md").read_text()
+    for T in (1, 2, 4, 8):
+        assert f"| digits | — | 0.9 | {T} | 0 |" in md
+    assert "| workspace |" not in md
+    assert md.count("| digits |") == 2 * 4  # four settings, four experiments
+    assert md in out
+    assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def outputs_hash(repo: Path) -> dict:

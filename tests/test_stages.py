@@ -1,6 +1,8 @@
 """Each stage's main() on digits in a temp folder, recorded in a temporary MLflow store."""
 
 import json
+import subprocess
+import sys
 
 import mlflow
 import mlflow.pytorch
@@ -160,6 +162,33 @@ def test_logged_models_take_stored_images_and_reproduce_the_test_accuracy(pipeli
         assert errors == metrics_file(folder, name)["test_errors"]
         # The model's page shows the same summary as the run.
         assert {m.key: m.value for m in logged.metrics}["test_errors"] == errors
+
+
+# In a fresh interpreter that cannot import this checkout (-I: no PYTHONPATH, no working folder
+# on sys.path, run elsewhere): the logged model brings the code it needs.
+LOAD_ELSEWHERE = """import sys, mlflow, mlflow.pytorch, torch
+mlflow.set_tracking_uri(sys.argv[1])
+assert "kd" not in sys.modules
+model = mlflow.pytorch.load_model(sys.argv[2])
+test = torch.load(sys.argv[3])
+print(int((model(test["x"]).argmax(1) != test["y"]).sum()))
+"""
+
+
+def test_a_logged_model_loads_anywhere_in_pickle_form_with_its_code(pipeline, tmp_path):
+    folder, uri = pipeline
+    exp, runs = runs_by_stage(uri)
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[exp.experiment_id], output_format="list",
+        filter_string=f"source_run_id = '{runs['teacher'][0].info.run_id}'")
+    flavors = mlflow.models.get_model_info(logged.model_uri).flavors
+    assert "pickle_module_name" in flavors["python_function"]  # not torch.export's pt2
+    assert flavors["pytorch"]["code"] == "code"
+    proc = subprocess.run([sys.executable, "-I", "-c", LOAD_ELSEWHERE, uri, logged.model_uri,
+                           str(folder / "data/digits/test.pt")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == metrics_file(folder, "teacher")["test_errors"]
 
 
 def test_distilled_student_is_a_registered_model_version(pipeline):

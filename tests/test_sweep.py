@@ -1,5 +1,6 @@
 """The sweep summary: parsing real `dvc exp show --json` output, mean ± std over seeds, the table,
-the plot, and `python -m tools.sweep` end to end after a queued sweep.
+the plot, and `python -m tools.sweep`'s command line (its run over a real queued sweep is in
+tests/test_pipeline_e2e.py, on that module's repository).
 
 tests/data/exp_show.json is DVC 3.67's output captured on digits (epochs 1) and trimmed to the
 keys the parser reads: the workspace (equal to the experiment dizzy-bish), the baseline `main`
@@ -13,19 +14,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from kd import sweep
-from tests.project_repo import env, make_project_repo
+from tests.conftest import PNG_MAGIC
 from tools import sweep as sweep_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURED = Path(__file__).parent / "data" / "exp_show.json"
 FINISHED = {"main", "dizzy-bish", "every-dirk", "joint-ages", "acerb-mine", "muley-seam", "tenty-eggs"}
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -262,48 +261,3 @@ def test_main_fails_in_one_line_outside_a_dvc_repo(tmp_path, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: dvc exp show --json failed") and err.count("\n") == 1
-
-
-# --- end to end ----------------------------------------------------------------------------------
-
-
-def sh(repo: Path, *cmd: str, timeout: int = 600) -> str:
-    """tests.test_pipeline_e2e.sh with MLflow off (KD_TRACKING=off, inherited by queued runs): the
-    sweep reads DVC only, and skipping the model logging saves about a third of the run."""
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout,
-                          env={**env(), "KD_TRACKING": "off"})
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def wait_for_queue(repo: Path, timeout: float = 480) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = sh(repo, "dvc", "queue", "status")
-        if "Running" not in status and "Queued" not in status:
-            return status
-        time.sleep(3)
-    raise AssertionError(f"queue still busy after {timeout:.0f}s:\n{status}")
-
-
-@pytest.mark.slow  # a real DVC pipeline in a temporary repo: minutes
-def test_queued_T_sweep_to_table_and_plot(tmp_path, capsys):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    make_project_repo(repo)
-    sh(repo, "dvc", "repro")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "baseline run")
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "T=1,8")
-    sh(repo, "dvc", "queue", "start", "-j", "2")
-    assert "Failed" not in wait_for_queue(repo)
-
-    sweep_cli.main(["--repo", str(repo), "--out", str(tmp_path / "sweep")])
-    out = capsys.readouterr().out
-    md = (tmp_path / "sweep" / "sweep.md").read_text()
-    for T in (1, 4, 8):  # the two queued temperatures and the baseline commit's
-        assert f"| digits | — | 0.9 | {T} | 0 |" in md
-    assert "| workspace |" not in md  # it equals the baseline commit
-    assert md.count("| digits |") == 2 * 3  # three settings, three experiments
-    assert md in out
-    assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
