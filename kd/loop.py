@@ -68,12 +68,11 @@ class Fit:
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BATCH) -> torch.Tensor:
     """Logits (N, classes) in float32 for a whole split, in eval mode (dropout off, BN frozen)."""
-    resources.share_cores()
     was_training = model.training
     model.eval()
     dev = split.x.device
     outs = []
-    with devices.autocast(dev):
+    with resources.computing(), devices.autocast(dev):
         for i in range(0, len(split), batch):
             outs.append(model(normalize(split.x[i:i + batch], data.mean, data.std)).float())
     model.train(was_training)
@@ -131,51 +130,52 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
     best_acc, best_state, best_epoch = -1.0, None, 0
     t_start = time.perf_counter()
     tty = sys.stderr.isatty()
-    for epoch in range(1, cfg.epochs + 1):
-        resources.share_cores()  # fewer threads when other stages have started since
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=dev)
-        loss_sum = torch.zeros((), device=dev)
-        bar = tqdm(total=steps, desc=f"{label} {epoch}/{cfg.epochs}", leave=False, disable=not tty,
-                   unit="batch")
-        for step in range(steps):
-            idx = perm[step * bs:(step + 1) * bs]
-            batch = batch_inputs(data.train, idx, data, cfg, gen, rng)
-            with devices.autocast(dev):
-                logits = model(batch.x)
-            loss = loss_fn(logits.float(), batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            apply_max_norm(model, max_norm)
-            # Accumulate on the device: no .item() (a host sync) per step.
-            loss_sum += loss.detach()
-            bar.update()
-        bar.close()
-        train_loss = float(loss_sum) / steps  # the epoch's one sync
-        if not math.isfinite(train_loss):
-            raise Diverged(f"{label}: training loss became {train_loss} in epoch {epoch}; lower "
-                           "the learning rate or set grad_clip (the model was not written)")
-        train_seconds = time.perf_counter() - t0
-        val = scores(predict(model, data.val, data), data.val.y, "val")
-        test = scores(predict(model, data.test, data), data.test.y, "test")
-        row = {"epoch": epoch, "train_loss": train_loss, **val, **test,
-               "epoch_seconds": train_seconds, "samples_per_s": steps * bs / train_seconds,
-               "lr": sched.get_last_lr()[0]}
-        history.append(row)
-        log(row, epoch)
-        if val["val_acc"] > best_acc:
-            best_acc, best_epoch = val["val_acc"], epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elapsed = time.perf_counter() - t_start
-        left = elapsed / epoch * (cfg.epochs - epoch)
-        print(f"{label} epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  "
-              f"val acc {val['val_acc']:.4f}  test acc {test['test_acc']:.4f}  "
-              f"{row['samples_per_s']:,.0f} samples/s  {train_seconds:.1f}s  "
-              f"~{left:.0f}s left", flush=True)
+    with resources.computing():  # this process's share of the cores while it trains
+        for epoch in range(1, cfg.epochs + 1):
+            resources.share_cores()  # fewer threads when other stages have started since
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=gen, device=dev)
+            loss_sum = torch.zeros((), device=dev)
+            bar = tqdm(total=steps, desc=f"{label} {epoch}/{cfg.epochs}", leave=False, disable=not tty,
+                       unit="batch")
+            for step in range(steps):
+                idx = perm[step * bs:(step + 1) * bs]
+                batch = batch_inputs(data.train, idx, data, cfg, gen, rng)
+                with devices.autocast(dev):
+                    logits = model(batch.x)
+                loss = loss_fn(logits.float(), batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                apply_max_norm(model, max_norm)
+                # Accumulate on the device: no .item() (a host sync) per step.
+                loss_sum += loss.detach()
+                bar.update()
+            bar.close()
+            train_loss = float(loss_sum) / steps  # the epoch's one sync
+            if not math.isfinite(train_loss):
+                raise Diverged(f"{label}: training loss became {train_loss} in epoch {epoch}; lower "
+                               "the learning rate or set grad_clip (the model was not written)")
+            train_seconds = time.perf_counter() - t0
+            val = scores(predict(model, data.val, data), data.val.y, "val")
+            test = scores(predict(model, data.test, data), data.test.y, "test")
+            row = {"epoch": epoch, "train_loss": train_loss, **val, **test,
+                   "epoch_seconds": train_seconds, "samples_per_s": steps * bs / train_seconds,
+                   "lr": sched.get_last_lr()[0]}
+            history.append(row)
+            log(row, epoch)
+            if val["val_acc"] > best_acc:
+                best_acc, best_epoch = val["val_acc"], epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elapsed = time.perf_counter() - t_start
+            left = elapsed / epoch * (cfg.epochs - epoch)
+            print(f"{label} epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  "
+                  f"val acc {val['val_acc']:.4f}  test acc {test['test_acc']:.4f}  "
+                  f"{row['samples_per_s']:,.0f} samples/s  {train_seconds:.1f}s  "
+                  f"~{left:.0f}s left", flush=True)
     model.load_state_dict(best_state)
     return Fit(history, best_epoch, time.perf_counter() - t_start)

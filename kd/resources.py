@@ -3,11 +3,12 @@
 Threads. torch starts one compute thread per core, and its threads wait for each other after
 every op: two experiments side by side (`dvc queue start -j 2`) on 2 cores run 4 threads, and a
 descheduled thread stalls its whole op, so each experiment slows down several times over. So
-every stage that computes holds one slot (an exclusive `flock` on a file) in `.tmp/cores/` under
-the store root, the parent repository even inside a queued experiment's copy (see
-kd/tracking.py), counts the slots held by live stages (a lock dies with its process), and runs
-cores // stages threads. It recounts at every epoch, so a stage that started alone gives up
-threads when a second one starts. `OMP_NUM_THREADS`, when set, is respected as is.
+while a process trains or predicts (`computing()`, entered by kd.loop) it holds one slot (an
+exclusive `flock` on a file) in `.tmp/cores/` under the store root, the parent repository even
+inside a queued experiment's copy (see kd/tracking.py), counts the slots other processes hold
+(a lock dies with its process), and runs cores // (them + itself) threads. kd.loop recounts at
+every epoch, so a stage that started alone gives up threads when a second one starts.
+`OMP_NUM_THREADS`, when set, is respected as is.
 
 Memory. glibc keeps freed blocks for reuse, and after the first large free it raises its
 mmap threshold to 32 MiB and its trim threshold to twice that, per arena; torch's worker
@@ -22,6 +23,8 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,7 +36,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 MMAP_THRESHOLD = 32 << 20  # glibc's own upper bound for its dynamic threshold
 TRIM_THRESHOLD = 128 << 10  # glibc's default: give back a heap's free top beyond 128 KiB
 
-_slot: int | None = None  # this process's open, locked slot file
+_slot: int | None = None  # this process's open, locked slot file while it computes
+_depth = 0  # nesting of computing() (kd.loop.fit calls predict inside)
+_memory_set = False
 
 
 def cores() -> int:
@@ -58,11 +63,12 @@ def _claim(folder: Path) -> int:
 
 
 def _held_by_others(folder: Path) -> int:
+    mine = os.fstat(_slot).st_ino if _slot is not None else None
     held = 0
     for path in folder.glob("slot-*"):
         fd = os.open(path, os.O_RDWR)
         try:
-            if os.fstat(fd).st_ino == os.fstat(_slot).st_ino:
+            if os.fstat(fd).st_ino == mine:
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -74,24 +80,38 @@ def _held_by_others(folder: Path) -> int:
 
 
 def running_stages() -> int:
-    """Stages computing on this store now, this one included (claims this one's slot)."""
-    global _slot
-    folder = _slots_folder()
-    if _slot is None:
-        _slot = _claim(folder)
-        _give_back_freed_memory()
-    return 1 + _held_by_others(folder)
+    """Processes computing on this store now, this one included."""
+    return 1 + _held_by_others(_slots_folder())
 
 
 def share_cores() -> int:
-    """Set torch's thread count to this stage's share of the cores; returns it."""
-    stages = running_stages()
+    """Set torch's thread count to this process's share of the cores; returns it."""
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    threads = max(1, cores() // stages)
+    threads = max(1, cores() // running_stages())
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def computing() -> Iterator[int]:
+    """Hold this process's slot for the block and run its share of the cores; yields the
+    thread count."""
+    global _slot, _depth, _memory_set
+    if not _memory_set:
+        _give_back_freed_memory()
+        _memory_set = True
+    if _depth == 0:
+        _slot = _claim(_slots_folder())
+    _depth += 1
+    try:
+        yield share_cores()
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            os.close(_slot)  # releases the lock
+            _slot = None
 
 
 def _give_back_freed_memory() -> None:

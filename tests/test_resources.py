@@ -1,6 +1,8 @@
-"""A stage's share of the cores: every computing stage holds a slot under the store root, and
-runs cores // (stages holding one) threads; OMP_NUM_THREADS, when set, wins."""
+"""A stage's share of the cores: a process holds a slot under the store root while it computes,
+and runs cores // (processes holding one) threads; OMP_NUM_THREADS, when set, wins."""
 
+import fcntl
+import os
 import subprocess
 import sys
 
@@ -8,12 +10,12 @@ import pytest
 import torch
 
 from kd import resources
-from tests.conftest import ROOT
 
-# Claims a slot the way a stage does, says so, and holds it until its stdin closes.
-HOLD_A_SLOT = """import sys
-from kd import resources
-resources.running_stages()
+# Another process computing: it holds an exclusive lock on a slot file (argv[1]), says so, and
+# keeps it until its stdin closes (no torch import: the test stays fast).
+HOLD_A_SLOT = """import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
 print("holding", flush=True)
 sys.stdin.read()
 """
@@ -25,6 +27,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(resources, "_slot", None)
+    monkeypatch.setattr(resources, "_depth", 0)
     monkeypatch.setattr(resources, "cores", lambda: 4)
     threads = torch.get_num_threads()
     yield tmp_path
@@ -32,11 +35,13 @@ def store(tmp_path, monkeypatch):
 
 
 def hold_slots(store, n: int) -> list[subprocess.Popen]:
+    folder = store / ".tmp" / "cores"
+    folder.mkdir(parents=True, exist_ok=True)
     procs = []
     for _ in range(n):
-        proc = subprocess.Popen([sys.executable, "-c", HOLD_A_SLOT], cwd=ROOT, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env={"DVC_ROOT": str(store), "PATH": "", "PYTHONPATH": str(ROOT)})
+        slot = folder / f"slot-{100 + len(list(folder.glob('slot-1*')))}"
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_A_SLOT, str(slot)], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdout.readline() == "holding\n"
         procs.append(proc)
     return procs
@@ -44,28 +49,45 @@ def hold_slots(store, n: int) -> list[subprocess.Popen]:
 
 def release(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
-        proc.stdin.close()
-        proc.wait(timeout=60)
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(timeout=60)
 
 
 def test_a_stage_alone_takes_every_core(store):
-    assert resources.share_cores() == 4 == torch.get_num_threads()
-    assert resources.running_stages() == 1  # its own slot, counted once however often it asks
+    with resources.computing() as threads:
+        assert threads == 4 == torch.get_num_threads()
+        with resources.computing():  # nested (fit calls predict): still one slot
+            assert resources.running_stages() == 1
 
 
 def test_stages_side_by_side_split_the_cores_and_take_them_back(store):
     others = hold_slots(store, 1)
     try:
-        assert resources.share_cores() == 2 == torch.get_num_threads()
-        others += hold_slots(store, 2)
-        assert resources.running_stages() == 4
-        assert resources.share_cores() == 1  # never zero
-        others += hold_slots(store, 2)
-        assert resources.share_cores() == 1
+        with resources.computing() as threads:
+            assert threads == 2 == torch.get_num_threads()
+            others += hold_slots(store, 2)
+            assert resources.running_stages() == 4
+            assert resources.share_cores() == 1  # never zero
+            others += hold_slots(store, 2)
+            assert resources.share_cores() == 1
+            release(others)
+            # A slot dies with its process: the stage gets every core back at its next epoch.
+            assert resources.share_cores() == 4
     finally:
         release(others)
-    # A slot dies with its process: the stage gets every core back at its next epoch.
-    assert resources.share_cores() == 4
+
+
+def test_a_slot_is_held_only_while_computing(store):
+    with resources.computing():
+        pass
+    slot = store / ".tmp" / "cores" / "slot-0"
+    fd = os.open(slot, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if this process still held it
+    finally:
+        os.close(fd)
+    assert resources.running_stages() == 1
 
 
 def test_omp_num_threads_is_respected(store, monkeypatch):
@@ -73,11 +95,7 @@ def test_omp_num_threads_is_respected(store, monkeypatch):
     torch.set_num_threads(3)
     others = hold_slots(store, 1)
     try:
-        assert resources.share_cores() == 3 == torch.get_num_threads()
+        with resources.computing() as threads:
+            assert threads == 3 == torch.get_num_threads()
     finally:
         release(others)
-
-
-def test_the_slots_live_under_the_store_root(store):
-    resources.share_cores()
-    assert [p.name for p in (store / ".tmp" / "cores").iterdir()] == ["slot-0"]
