@@ -51,6 +51,9 @@ need_fashion_mnist() {
 
 case "${1:-}" in
   pipeline) shift; need_uv; need_plots_js; need_fashion_mnist; uv run dvc repro "$@" ;;
-  tests)    shift; need_uv; need_plots_js; need_fashion_mnist; uv run pytest "$@" ;;
+  # One test process per core (pytest-xdist); a file's tests stay together and in order in one
+  # process (the end-to-end tests share a repository and build on each other).
+  tests)    shift; need_uv; need_plots_js; need_fashion_mnist
+            uv run pytest -n auto --dist loadfile "$@" ;;
   *) echo "usage: bash run.sh pipeline|tests [args...]" >&2; exit 2 ;;
 esac

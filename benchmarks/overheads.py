@@ -7,7 +7,6 @@ the project's data/, model/ and MLflow store are left alone.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -58,10 +57,8 @@ def run_stages(dataset: str, data_root: str | None, epochs: int
         for stage in STAGES:
             progress(f"stage {stage} on {dataset}")
             child = run_child([PYTHON, "-m", f"stages.{stage}"], ws, env)
-            name = {"distill": "distilled"}.get(stage, stage)
-            metrics = ws / "metrics" / f"{name}.json"
-            train_s = json.loads(metrics.read_text())["train_seconds"] if metrics.is_file() else None
-            results[stage] = (child, train_s)
+            trains = stage in ("teacher", "student", "distill")
+            results[stage] = (child, train_seconds(ws, stage) if trains else None)
     return results
 
 
@@ -106,10 +103,10 @@ def dvc_overheads(dataset: str, data_root: str | None, epochs: int) -> dict[str,
         progress("dvc exp run -S T=4, then its stages alone")
         # --no-hydra: apply -S to this params.yaml, not recompose it from the project's conf/.
         out["exp"] = sh("dvc", "exp", "run", "--no-hydra", "-S", "T=4").seconds
-        out["distill_train"] = distill_train_seconds(repo)
+        out["distill_train"] = train_seconds(repo, "distill")
         for stage in ("check", "distill", "report"):
             out[stage] = sh(PYTHON, "-m", f"stages.{stage}").seconds
-        out["distill_train_alone"] = distill_train_seconds(repo)
+        out["distill_train_alone"] = train_seconds(repo, "distill")
     return out
 
 
@@ -128,22 +125,23 @@ with mlflow.start_run():
         code_paths=[sys.argv[3]], pip_requirements=["torch"])
     print(time.perf_counter() - t0, info.model_uri)
 """
-# Loads a logged model (argv[2]) in a fresh process, as a user or a server would: the imports
-# and load_model, timed together; then one prediction.
+# Loads a logged model (argv[2]) in a fresh process, as a user or a server would; prints the
+# seconds of the imports and of load_model; then one prediction.
 _LOAD_MODEL = """import sys, time
 t0 = time.perf_counter()
 import mlflow, mlflow.pytorch, torch
+t1 = time.perf_counter()
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pytorch.load_model(sys.argv[2])
-seconds = time.perf_counter() - t0
+t2 = time.perf_counter()
 assert model(torch.zeros(3, 1, 28, 28, dtype=torch.uint8)).shape == (3, 10)
-print(seconds)
+print(t1 - t0, t2 - t1)
 """
 
 
-def logged_model_costs() -> dict[str, tuple[float, float]]:
-    """{format: (seconds of log_model, seconds to load it back in a fresh process)} for the
-    pickle format the stages log and torch.export's pt2, MLflow's default."""
+def logged_model_costs() -> dict[str, tuple[float, float, float]]:
+    """{format: (seconds of log_model, of the imports and of load_model in a fresh process)} for
+    the pickle format the stages log and torch.export's pt2, MLflow's default."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -155,18 +153,20 @@ def logged_model_costs() -> dict[str, tuple[float, float]]:
             seconds, model_uri = run_child([PYTHON, "-c", _LOG_MODEL, uri, fmt, str(ROOT / "kd")],
                                            Path(tmp), env).output.split()[-2:]
             load = run_child([PYTHON, "-c", _LOAD_MODEL, uri, model_uri], Path(tmp), env)
-            out[fmt] = (float(seconds), float(load.output.split()[-1]))
+            imports, loading = load.output.split()[-2:]
+            out[fmt] = (float(seconds), float(imports), float(loading))
     return out
 
 
-def queued_experiments(data_root: str | None, epochs: int, settings: dict[str, tuple[int, dict]]
-                       ) -> dict[str, float]:
+def queued_experiments(dataset: str, data_root: str | None, epochs: int,
+                       settings: dict[str, tuple[int, dict]]) -> dict[str, float]:
     """Wall time of four queued experiments (new T values each) per setting {name: (jobs, extra
-    environment)}, in one temporary git copy on Fashion-MNIST whose baseline ran first."""
+    environment)}, in one temporary git copy whose baseline ran first (one epoch per model, the
+    distill stage `epochs`)."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
-        params = workspace_params("fashion-mnist", data_root, 1)
+        params = workspace_params(dataset, data_root, 1)
         params["distill"]["epochs"] = epochs
         git_copy(repo, params)
         progress("queue: the baseline (dvc repro, one epoch per model)")
@@ -185,20 +185,23 @@ def queued_experiments(data_root: str | None, epochs: int, settings: dict[str, t
                 status = run_child(["dvc", "queue", "status"], repo, env).output
                 if "Running" not in status and "Queued" not in status:
                     break
+                if "Worker status: 0 active" in status:
+                    # The last setting's workers left when the queue ran dry, after `start` had
+                    # counted them as alive: start them again.
+                    run_child(["dvc", "queue", "start", "-j", str(jobs)], repo, env)
                 time.sleep(1)
             out[name] = time.perf_counter() - t0
             if "Failed" in status:
                 raise RuntimeError(f"a queued experiment failed:\n{status}")
-            run_child(["dvc", "queue", "stop"], repo, env)
     return out
 
 
-def distill_train_seconds(repo: Path) -> float:
-    """The newest distill run's training time, from the MLflow store at the repo's root."""
+def train_seconds(root: Path, stage: str) -> float:
+    """The newest run of a training stage: its training seconds, from the MLflow store at root."""
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("knowledge-distillation")
-    (run,) = client.search_runs([exp.experiment_id], "tags.`dvc.stage` = 'distill'",
+    (run,) = client.search_runs([exp.experiment_id], f"tags.`dvc.stage` = '{stage}'",
                                 order_by=["attributes.start_time DESC"], max_results=1)
     return run.data.metrics["train_seconds"]

@@ -30,7 +30,14 @@ def _set(raw, dotted, value):
         node[last] = value
 
 
-_DELETE = object()
+class _Delete:
+    """Marks a key to remove; its repr names the test case the same in every process."""
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+_DELETE = _Delete()
 
 BAD = [
     ("T", 0, "T must be a finite number > 0 (got 0.0)"),

@@ -1,6 +1,7 @@
 """End to end through DVC, as a user runs it: `dvc repro`, `dvc exp run -S T=2`, and two queued
-experiments run by `dvc queue start -j 2`, all landing in one MLflow store at the repo root; then
-`python -m tools.sweep` over those experiments, and bad params stopped before any output changes.
+experiments over seeds (`-S seed=1,2`) run by `dvc queue start -j 2`, all landing in one MLflow
+store at the repo root; then `python -m tools.sweep` over those experiments (mean ± std over
+seeds 0, 1, 2), and bad params stopped before any output changes.
 
 The tests share one temporary git repository holding a copy of the project (digits, one epoch per
 model) and run in file order: each starts from what the one before left.
@@ -93,9 +94,9 @@ def test_repro_then_T_change_then_queue(repo):
     assert t2.data.params["T"] == "2.0" and t2.data.tags["distill_run_id"] == newest.info.run_id
     assert t2.data.tags["teacher_run_id"] == teacher_id
 
-    # 3. Two queued experiments, run two at a time, land in the same store.
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "T=1")
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "T=8")
+    # 3. Seeds as an axis: two queued experiments (seeds 1 and 2), run two at a time, retrain
+    # every model with their seed and land in the same store.
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "seed=1,2")
     sh(repo, "dvc", "queue", "start", "-j", "2")
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -106,15 +107,16 @@ def test_repro_then_T_change_then_queue(repo):
     assert "Failed" not in status, status
     third = runs(repo)
     temps = sorted(r.data.params["T"] for r in third if r.info.run_name == "distill")
-    assert temps == ["1.0", "2.0", "4.0", "4.0", "8.0"]
-    assert count(third, "teacher") == 1  # queued runs restored the teacher from cache
+    assert temps == ["2.0", "4.0", "4.0", "4.0", "4.0"]
+    teachers = {r.data.params["seed"]: r.info.run_id for r in third if r.info.run_name == "teacher"}
+    assert sorted(teachers) == ["0", "1", "2"]  # one teacher per seed, the baseline's reused
     piped = pipeline_runs(third)
-    queued = {r.data.params["T"]: r for name, r in piped.items() if name not in (head, exp_name)}
-    assert sorted(queued) == ["1.0", "8.0"]
+    queued = {r.data.params["seed"]: r for name, r in piped.items() if name not in (head, exp_name)}
+    assert sorted(queued) == ["1", "2"]
     distill_ids = set(stage_run_ids(third, "distill"))
-    for r in queued.values():
+    for seed, r in queued.items():
         assert r.data.tags["dvc.exp_name"] == r.info.run_name
-        assert r.data.tags["teacher_run_id"] == teacher_id
+        assert r.data.tags["teacher_run_id"] == teachers[seed]
         assert r.data.tags["distill_run_id"] in distill_ids
 
     # 4. The README's terminal view: the required columns in 120 characters, the same numbers
@@ -134,17 +136,19 @@ def test_repro_then_T_change_then_queue(repo):
 
 
 def test_sweep_summarises_the_queued_experiments(repo, tmp_path, capsys):
-    """`python -m tools.sweep` over the experiments the test above made: T = 1, 2, 8 and the
-    baseline commit's 4; the workspace equals the T=2 experiment and is left out."""
+    """`python -m tools.sweep` over the experiments the test above made: T = 4 with seeds 0 (the
+    baseline commit), 1 and 2 (queued) as one setting, mean ± std over the three; T = 2 with seed
+    0. The workspace equals the T = 2 experiment and is left out."""
     if not list((repo / ".git" / "refs" / "exps").rglob("*")):
         pytest.skip("needs the experiments of test_repro_then_T_change_then_queue")
     sweep_cli.main(["--repo", str(repo), "--out", str(tmp_path / "sweep")])
     out = capsys.readouterr().out
     md = (tmp_path / "sweep" / "sweep.md").read_text()
-    for T in (1, 2, 4, 8):
-        assert f"| digits | — | 0.9 | {T} | 0 |" in md
+    (three_seeds,) = [line for line in md.splitlines() if line.startswith("| digits | — | 0.9 | 4 |")]
+    assert three_seeds.startswith("| digits | — | 0.9 | 4 | 0, 1, 2 | ") and " ± " in three_seeds
+    assert "| digits | — | 0.9 | 2 | 0 | " in md
     assert "| workspace |" not in md
-    assert md.count("| digits |") == 2 * 4  # four settings, four experiments
+    assert md.count("| digits |") == 2 + 4  # two settings, four experiments
     assert md in out
     assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
 
