@@ -132,7 +132,6 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
     tty = sys.stderr.isatty()
     with resources.computing():  # this process's share of the cores while it trains
         for epoch in range(1, cfg.epochs + 1):
-            resources.share_cores()  # fewer threads when other stages have started since
             model.train()
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=gen, device=dev)

@@ -6,9 +6,14 @@ descheduled thread stalls its whole op, so each experiment slows down several ti
 while a process trains or predicts (`computing()`, entered by kd.loop) it holds one slot (an
 exclusive `flock` on a file) in `.tmp/cores/` under the store root, the parent repository even
 inside a queued experiment's copy (see kd/tracking.py), counts the slots other processes hold
-(a lock dies with its process), and runs cores // (them + itself) threads. kd.loop recounts at
-every epoch, so a stage that started alone gives up threads when a second one starts.
-`OMP_NUM_THREADS`, when set, is respected as is.
+(a lock dies with its process), and runs cores // (them + itself) threads, counted when it
+starts computing and kept for the stage (a count that changed mid-run would make its rounding
+depend on when a neighbour started). `OMP_NUM_THREADS`, when set, is respected as is.
+
+Reproducibility: torch's CPU kernels split their sums by thread, so the last digits of a result
+depend on the thread count. Same params, seed and thread count give the same metrics bit for bit;
+a stage run alone always gets every core, as before. To rerun a queued experiment bit for bit
+beside others, pin the count with `OMP_NUM_THREADS`.
 
 Memory. glibc keeps freed blocks for reuse, and after the first large free it raises its
 mmap threshold to 32 MiB and its trim threshold to twice that, per arena; torch's worker
@@ -96,17 +101,18 @@ def share_cores() -> int:
 
 @contextmanager
 def computing() -> Iterator[int]:
-    """Hold this process's slot for the block and run its share of the cores; yields the
-    thread count."""
+    """Hold this process's slot for the block and run its share of the cores, counted on entry
+    (a nested block keeps the count); yields the thread count."""
     global _slot, _depth, _memory_set
     if not _memory_set:
         _give_back_freed_memory()
         _memory_set = True
     if _depth == 0:
         _slot = _claim(_slots_folder())
+        share_cores()
     _depth += 1
     try:
-        yield share_cores()
+        yield torch.get_num_threads()
     finally:
         _depth -= 1
         if _depth == 0:

@@ -72,7 +72,7 @@ def test_stages_side_by_side_split_the_cores_and_take_them_back(store):
             others += hold_slots(store, 2)
             assert resources.share_cores() == 1
             release(others)
-            # A slot dies with its process: the stage gets every core back at its next epoch.
+            # A slot dies with its process: a count taken now gives every core back.
             assert resources.share_cores() == 4
     finally:
         release(others)
