@@ -30,6 +30,15 @@ def tiny_params() -> dict:
     })
 
 
+@pytest.fixture
+def fixed_threads(monkeypatch):
+    """Runs compared bit for bit need the same thread count (kd/resources.py): pin it, as another
+    test process computing beside this one would otherwise halve it for one of the runs."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
 def write_params(folder: Path, params: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

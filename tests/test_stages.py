@@ -212,10 +212,7 @@ def test_report_states_the_metrics_files_numbers(pipeline):
     assert "Experiment `smoke-exp`" in md
 
 
-def test_same_params_and_seed_give_the_same_metrics(workdir, mlflow_store, monkeypatch):
-    # ... and thread count (see kd/resources.py): pinned, as other test processes may be
-    # computing beside this one and would otherwise halve it for one of the two runs.
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+def test_same_params_and_seed_give_the_same_metrics(workdir, mlflow_store, fixed_threads):
     run_stage("download")
     results = []
     for out in ("a", "b"):
