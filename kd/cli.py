@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from kd import distributed
 from kd.errors import PipelineError
 from kd.params import Params, ParamsError, load
 
@@ -40,9 +41,14 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_rank()}{e}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {_rank()}{where}{e.strerror or e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _rank() -> str:
+    """Under torchrun every rank reports its own failure: say which one did."""
+    return f"rank {distributed.rank()}: " if distributed.world_size() > 1 else ""

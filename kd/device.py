@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 
 def pick() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one (under torchrun, this rank's: LOCAL_RANK), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = os.environ.get("LOCAL_RANK")
+    return torch.device("cuda") if local is None else torch.device("cuda", int(local))
 
 
 def autocast(device: torch.device):

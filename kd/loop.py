@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kd import device as devices
-from kd import resources
+from kd import distributed, resources
 from kd.data import Dataset, Split, mixup, normalize, random_flip, random_shift
 from kd.errors import PipelineError
 from kd.losses import hard_loss
@@ -40,12 +40,16 @@ class Batch:
     x: torch.Tensor  # the normalised inputs the model sees, after every augmentation
     y: torch.Tensor  # labels (of each mixed image's own part)
     idx: torch.Tensor  # row numbers in the training split
-    partner: torch.Tensor | None = None  # mixup: the batch position of each image's partner
+    partner: torch.Tensor | None = None  # mixup: the position of each image's partner in the
+    #                                      whole (global) batch
+    partner_y: torch.Tensor | None = None  # mixup: the partner's label
     lam: torch.Tensor | None = None  # mixup: each image's own weight (N,)
 
-    @property
-    def partner_y(self) -> torch.Tensor | None:
-        return None if self.partner is None else self.y[self.partner]
+    def rows(self, part: slice) -> Batch:
+        """The images in `part` of the batch (a rank's share under torchrun), with their
+        partners' labels and weights."""
+        return Batch(*(None if t is None else t[part] for t in
+                       (self.x, self.y, self.idx, self.partner, self.partner_y, self.lam)))
 
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -71,12 +75,15 @@ def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BAT
     was_training = model.training
     model.eval()
     dev = split.x.device
+    mine = distributed.rows(len(split))  # under torchrun, each rank scores a block of rows
     outs = []
     with resources.computing(), devices.autocast(dev):
-        for i in range(0, len(split), batch):
-            outs.append(model(normalize(split.x[i:i + batch], data.mean, data.std)).float())
+        # An empty block still runs (on zero rows), so the gathered logits have their shape.
+        for i in range(mine.start, mine.stop, batch) or [mine.start]:
+            x = split.x[i:min(i + batch, mine.stop)]
+            outs.append(model(normalize(x, data.mean, data.std)).float())
     model.train(was_training)
-    return torch.cat(outs)
+    return distributed.gather_rows(torch.cat(outs), len(split))
 
 
 def hard_label_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -111,18 +118,24 @@ def batch_inputs(split: Split, idx: torch.Tensor, data: Dataset, cfg: Train,
     if cfg.mixup <= 0:
         return Batch(x, split.y[idx], idx)
     mixed, partner, lam = mixup(x, cfg.mixup, gen, rng)
-    return Batch(mixed, split.y[idx], idx, partner, lam)
+    y = split.y[idx]
+    return Batch(mixed, y, idx, partner, y[partner], lam)
 
 
 def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: int,
         max_norm: float = 0.0, log: Callable[[dict, int], None] = lambda m, s: None,
         label: str = "train") -> Fit:
+    """Train `model` in place; under torchrun every rank calls this with the same arguments
+    and trains its share of each batch (kd/distributed.py)."""
     dev = data.train.x.device
     n = len(data.train)
     # Whole batches only (a last batch of 1 image breaks BatchNorm); shuffling changes which few
     # images wait for the next epoch.
     bs = min(cfg.batch_size, n)
+    distributed.check_batch(label, bs)
     steps = n // bs
+    net = distributed.data_parallel(model, seed)  # `model` itself in one process
+    mine = distributed.share(bs)
     opt, sched = optimizer(model, cfg, total_steps=cfg.epochs * steps)
     gen = torch.Generator(device=dev).manual_seed(seed)
     rng = np.random.default_rng(seed)  # mixup's Beta draws only
@@ -136,13 +149,15 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=gen, device=dev)
             loss_sum = torch.zeros((), device=dev)
-            bar = tqdm(total=steps, desc=f"{label} {epoch}/{cfg.epochs}", leave=False, disable=not tty,
-                       unit="batch")
+            bar = tqdm(total=steps, desc=f"{label} {epoch}/{cfg.epochs}", leave=False,
+                       disable=not (tty and distributed.is_main()), unit="batch")
             for step in range(steps):
                 idx = perm[step * bs:(step + 1) * bs]
-                batch = batch_inputs(data.train, idx, data, cfg, gen, rng)
+                # The whole batch is cut and augmented on every rank (the generators stay in
+                # step), then each rank trains on its share.
+                batch = batch_inputs(data.train, idx, data, cfg, gen, rng).rows(mine)
                 with devices.autocast(dev):
-                    logits = model(batch.x)
+                    logits = net(batch.x)
                 loss = loss_fn(logits.float(), batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -155,11 +170,12 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
                 loss_sum += loss.detach()
                 bar.update()
             bar.close()
-            train_loss = float(loss_sum) / steps  # the epoch's one sync
+            train_loss = float(distributed.mean(loss_sum)) / steps  # the epoch's one sync
             if not math.isfinite(train_loss):
                 raise Diverged(f"{label}: training loss became {train_loss} in epoch {epoch}; lower "
                                "the learning rate or set grad_clip (the model was not written)")
             train_seconds = time.perf_counter() - t0
+            distributed.sync_buffers(model)
             val = scores(predict(model, data.val, data), data.val.y, "val")
             test = scores(predict(model, data.test, data), data.test.y, "test")
             row = {"epoch": epoch, "train_loss": train_loss, **val, **test,

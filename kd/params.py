@@ -211,7 +211,18 @@ def _section(raw: dict, name: str, schema: dict) -> dict:
     return {k: check(f"{name}.{k}", sec[k]) for k, check in schema.items()}
 
 
-TOP_KEYS = ("dataset", "preset", "seed", "T", "alpha", "data", "teacher", "student", "distill")
+TOP_KEYS = ("dataset", "preset", "seed", "T", "alpha", "launch", "data", "teacher", "student",
+            "distill")
+# How dvc.yaml starts the training stages (`${launch} -m stages.teacher`): plain Python, or
+# torchrun for data-parallel training (kd/distributed.py).
+LAUNCHERS = ("python", "python3", "torchrun")
+
+
+def _launch(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v.split() or v.split()[0] not in LAUNCHERS:
+        raise ParamsError(f"{key} must be python or a torchrun command such as "
+                          f"'torchrun --standalone --nproc-per-node 2' (got {v!r})")
+    return v
 
 
 def validate(raw: Any) -> Params:
@@ -232,6 +243,7 @@ def validate(raw: Any) -> Params:
     seed = _int("seed", raw["seed"], 0)
     T = _float("T", raw["T"], 0, INF, lo_open=True)
     alpha = _float("alpha", raw["alpha"], 0, 1)
+    _launch("launch", raw["launch"])
     data = Data(**_section(raw, "data", DATA_KEYS))
     nets = {}
     for role in ("teacher", "student"):

@@ -18,7 +18,8 @@ Where runs go:
   root. The root is `DVC_ROOT` (DVC sets it to the parent repository even inside a queued
   experiment's temporary copy, so every experiment lands in one store), else the folder holding
   this project; never the working directory.
-- `KD_TRACKING=off` swaps in a no-op run (benchmarks measure the loop without logging).
+- `KD_TRACKING=off` swaps in a no-op run (benchmarks measure the loop without logging), and so
+  does every rank but rank 0 under torchrun.
 
 Several stages or queued experiments may start at once: creating a SQLite database and the
 experiment happens under an exclusive file lock beside it, so none races on a not-yet-created store.
@@ -56,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from kd import io
+from kd import distributed, io
 from kd.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -214,10 +215,16 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def _tracking() -> bool:
+    """Whether this process talks to MLflow: not with KD_TRACKING=off, and under torchrun only
+    rank 0 does (one run per stage)."""
+    return os.environ.get("KD_TRACKING", "").lower() != "off" and distributed.is_main()
+
+
 def run_of(checkpoint: Path) -> str | None:
     """The id of the newest FINISHED run that wrote a file with `checkpoint`'s bytes; None when
     tracking is off or no run in this store did (e.g. a checkpoint pulled from a DVC remote)."""
-    if os.environ.get("KD_TRACKING", "").lower() == "off":
+    if not _tracking():
         return None
     import mlflow
 
@@ -359,7 +366,7 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
 
     Lists and tuples in params are logged as their Python text (`[3]`, `()`), None as `none`.
     """
-    if os.environ.get("KD_TRACKING", "").lower() == "off":
+    if not _tracking():
         yield NullRun()
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a stage

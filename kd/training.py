@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd import io, loop, metrics, models, resources, tracking
+from kd import distributed, io, loop, metrics, models, resources, tracking
 from kd.data import Dataset
 from kd.params import Model, Params, Train
 
@@ -75,7 +75,7 @@ def run_params(p: Params, arch: str, net: Model, train: Train) -> dict:
     """A training stage's effective settings under names all three stages share (`arch`,
     `epochs`, `lr`, ...), so their MLflow runs line up row by row in the compare view."""
     return {"dataset": p.dataset, "preset": p.raw["preset"], "seed": p.seed,
-            **asdict(net), "arch": arch, **asdict(train)}
+            **asdict(net), "arch": arch, **asdict(train), "world_size": distributed.world_size()}
 
 
 def announce(stage: str, arch: str, model: nn.Module, data: Dataset, train: Train) -> None:
@@ -116,8 +116,11 @@ def save(run, name: str, out: Outputs, model: nn.Module, arch: str, net: Model, 
 
     MLflow first: if logging fails, the stage's files stay as they were (and the run ends
     FAILED), so DVC never sees new outputs from a stage that did not finish. The servable model
-    is logged before the summary, so the summary shows on the model's page.
+    is logged before the summary, so the summary shows on the model's page. Under torchrun only
+    rank 0 records and writes; the other ranks hold the same weights.
     """
+    if not distributed.is_main():
+        return
     checkpoint = io.torch_bytes({
         "arch": arch, "in_shape": list(data.in_shape), "classes": data.num_classes,
         "class_names": list(data.classes), "params": models.count_params(model),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from kd import cli, data, device, io, loop, metrics, tracking, training, transfer
+from kd import cli, data, device, distributed, io, loop, metrics, tracking, training, transfer
 from kd.archs import resolve_arch
 from kd.errors import PipelineError
 from kd.losses import distillation_loss
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 
-    with cli.friendly_errors():
+    with cli.friendly_errors(), distributed.session():
         torch.manual_seed(p.seed)
         dev = device.pick()
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)

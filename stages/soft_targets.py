@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kd import cli, data, device, io, loop, metrics, tracking, training
+from kd import cli, data, device, distributed, io, loop, metrics, tracking, training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,13 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 
-    with cli.friendly_errors():
+    with cli.friendly_errors(), distributed.session():
         dev = device.pick()
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
         teacher, _ = training.load_checkpoint(args.teacher, dev)
-        with tracking.stage_run("soft_targets", p.dataset, {"dataset": p.dataset},
+        settings = {"dataset": p.dataset, "world_size": distributed.world_size()}
+        with tracking.stage_run("soft_targets", p.dataset, settings,
                                 tags={"teacher_run_id": tracking.run_of(args.teacher)}) as run:
             t0 = time.perf_counter()
+            # Under torchrun each rank scores a block of rows; every rank gets them all, in order.
             logits = {s: loop.predict(teacher, getattr(ds, s), ds).cpu()
                       for s in ("train", "val", "test")}
             seconds = time.perf_counter() - t0
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
                        **metrics.scores(logits["train"], ds.train.y, "transfer"),
                        **metrics.scores(logits["test"], ds.test.y, "test")}
             run.log_summary(summary)  # MLflow first: a failure there leaves the old file
-            io.save_torch(args.out, {**logits, "dataset": p.dataset})
+            if distributed.is_main():
+                io.save_torch(args.out, {**logits, "dataset": p.dataset})
     print(f"soft_targets: {n:,} images through the teacher in {seconds:.1f}s; teacher transfer-set "
           f"accuracy {summary['transfer_acc']:.4f} -> {args.out}")
 

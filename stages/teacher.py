@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from kd import cli, data, device, loop, tracking, training
+from kd import cli, data, device, distributed, loop, tracking, training
 from kd.archs import resolve_arch
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 
-    with cli.friendly_errors():
+    with cli.friendly_errors(), distributed.session():
         torch.manual_seed(p.seed)
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(device.pick())
         arch = resolve_arch(p.teacher_model.arch, p.dataset, "teacher")

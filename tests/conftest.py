@@ -22,6 +22,7 @@ def tiny_params() -> dict:
     """A complete, valid params mapping that trains in a second on digits."""
     return copy.deepcopy({
         "dataset": "digits", "preset": "none", "seed": 0, "T": 4, "alpha": 0.9,
+        "launch": "python",
         "data": {"root": None, "val_fraction": 0.1, "split_seed": 0},
         "teacher": {**TINY_MODEL, **TINY_TRAIN},
         "student": {**TINY_MODEL, **TINY_TRAIN},

@@ -48,6 +48,23 @@ def test_batch_keeps_each_images_label_with_its_own_part():
     torch.testing.assert_close(hard_loss(logits, b.y, b.partner_y, b.lam), want)
 
 
+def test_a_rank_share_of_a_mixed_batch_keeps_each_images_partner_label_and_weight():
+    """Under torchrun the whole batch is mixed, then each rank takes its rows (kd/distributed.py):
+    a partner may sit in another rank's share, and its label must come along."""
+    ds_x = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
+    split = data.Split(ds_x, torch.arange(40) % 10)
+    dset = data.Dataset("t", split, split, split, tuple("0123456789"), torch.zeros(1),
+                        torch.ones(1) / 255)
+    idx = torch.tensor([3, 17, 25, 38, 1, 9, 30, 22])
+    whole = loop.batch_inputs(split, idx, dset, Train(**{**TRAIN, "shift": 0, "flip": False}),
+                              torch.Generator().manual_seed(0), np.random.default_rng(0))
+    part = whole.rows(slice(4, 8))
+    own, other = idx[4:].float(), idx[whole.partner][4:].float()  # pixel value = row number
+    torch.testing.assert_close(part.x[:, 0, 0, 0], part.lam * own + (1 - part.lam) * other)
+    assert torch.equal(part.idx, idx[4:]) and torch.equal(part.lam, whole.lam[4:])
+    assert part.partner_y.tolist() == (idx[whole.partner][4:] % 10).tolist()
+
+
 def test_mixup_off_draws_nothing_so_default_runs_are_unchanged():
     split = data.Split(torch.randint(0, 255, (16, 1, 4, 4), dtype=torch.uint8), torch.zeros(16).long())
     dset = data.Dataset("t", split, split, split, ("a",), torch.zeros(1), torch.ones(1))

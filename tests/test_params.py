@@ -66,6 +66,9 @@ BAD = [
     ("distill.arch", "mlp:10", "distill.arch is not a known key"),
     ("teacher.lr", _DELETE, "teacher.lr is missing"),
     ("alpha", _DELETE, "alpha is missing"),
+    ("launch", "srun -n 2", "launch must be python or a torchrun command"),
+    ("launch", "", "launch must be python or a torchrun command"),
+    ("launch", _DELETE, "launch is missing"),
 ]
 
 
