@@ -6,13 +6,10 @@ only; the per-epoch evaluation is outside it). Contenders differ in the model th
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kd import loop, models
@@ -57,10 +54,6 @@ def subset(ds: Dataset, n_train: int, n_eval: int = 256) -> Dataset:
                    ds.classes, ds.mean, ds.std)
 
 
-def ce(logits: torch.Tensor, batch: loop.Batch) -> torch.Tensor:
-    return F.cross_entropy(logits, batch.y)
-
-
 def fit_rate(s: Setup, r: Role, make: Callable[[], nn.Module] | None = None
              ) -> Callable[[int], float]:
     """samples/s of kd.loop.fit over `batches` batches (fit's own clock), on the model `make`
@@ -68,7 +61,6 @@ def fit_rate(s: Setup, r: Role, make: Callable[[], nn.Module] | None = None
     def run(batches: int) -> float:
         model = make() if make else build(s, r)
         data = subset(s.ds, batches * r.train.batch_size)
-        with contextlib.redirect_stdout(io.StringIO()):  # fit prints one line per epoch
-            fit = loop.fit(model, data, r.train, ce, seed=0, max_norm=r.model.max_norm)
+        fit = loop.fit(model, data, r.train, seed=0, max_norm=r.model.max_norm)
         return fit.history[0]["samples_per_s"]
     return run

@@ -9,21 +9,55 @@ they were (each stage writes all its files together, last: see kd/io.py).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from kd import distributed
 from kd.errors import PipelineError
 from kd.params import Params, ParamsError, load
 
 
+class _Stdout(logging.Handler):
+    """Prints the library's progress messages to whatever sys.stdout is at the time: a test's
+    capture, or /dev/null on torchrun's non-zero ranks."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
+
+
+def show_progress() -> None:
+    """Let the kd modules' progress messages (logging, INFO) through to stdout, once."""
+    logger = logging.getLogger("kd")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a handler a library put on the root would print them twice
+    if not any(isinstance(h, _Stdout) for h in logger.handlers):
+        logger.addHandler(_Stdout())
+
+
 def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The stage's argument parser (its docstring as help); the stage's progress shows."""
+    show_progress()
     summary, _, details = (doc or "").partition("\n")
     ap = argparse.ArgumentParser(description=summary, epilog=details.strip() or None,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return ap
+
+
+def data_option(ap: argparse.ArgumentParser, what: str = "prepared dataset folder") -> None:
+    ap.add_argument("--data", help=f"{what} (default: data/<dataset>)")
+
+
+def model_outputs(ap: argparse.ArgumentParser, name: str) -> None:
+    """--model, --metrics, --plots: what a training stage writes for model `name`."""
+    for flag, default, what in (("model", f"model/{name}.pt", "checkpoint to write"),
+                                ("metrics", f"metrics/{name}.json", "final metrics JSON"),
+                                ("plots", f"plots/{name}.csv", "per-epoch metrics CSV")):
+        ap.add_argument(f"--{flag}", type=Path, default=Path(default),
+                        help=f"{what} (default: {default})")
 
 
 def params_or_exit(path: str) -> Params:

@@ -54,6 +54,20 @@ class Dataset:
                        self.mean.to(device), self.std.to(device))
 
 
+def stratified_sample(labels: torch.Tensor, fraction: float, seed: int,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+    """A random `fraction` of `rows` (default: all) taken class by class, at least one image of
+    each class present, as sorted row numbers; it depends only on the labels and `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.arange(len(labels)) if rows is None else rows
+    parts = []
+    for c in torch.unique(labels[rows]):
+        members = rows[labels[rows] == c]
+        take = max(1, round(fraction * len(members)))
+        parts.append(members[torch.randperm(len(members), generator=g)[:take]])
+    return torch.cat(parts).sort().values
+
+
 def split_off_validation(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int
                          ) -> tuple[Split, Split]:
     """Hold out `fraction` of the training images, stratified by class, for model selection.
@@ -61,13 +75,7 @@ def split_off_validation(x: torch.Tensor, y: torch.Tensor, fraction: float, seed
     Stratified so that small sets (digits) still see every class in validation; the split depends
     only on `seed` (data.split_seed), so changing the training seed keeps the same data.
     """
-    g = torch.Generator().manual_seed(seed)
-    val_idx = []
-    for c in torch.unique(y):
-        members = torch.nonzero(y == c).flatten()
-        members = members[torch.randperm(len(members), generator=g)]
-        val_idx.append(members[: max(1, round(fraction * len(members)))])
-    val = torch.cat(val_idx).sort().values
+    val = stratified_sample(y, fraction, seed)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[val] = False
     return Split(x[keep].contiguous(), y[keep].contiguous()), Split(x[val].contiguous(), y[val])

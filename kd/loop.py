@@ -1,23 +1,23 @@
 """The training loop: plain PyTorch, one function for teacher, student and distillation.
 
-In:  a model, a `Dataset` already on its device, `params.Train` knobs, and a loss function
-     `loss_fn(logits, batch)`: `batch` holds the exact normalised inputs the model saw (shifted,
-     flipped, mixed: an online teacher sees the very same tensor), their labels, their row numbers
-     in the training split (to look up cached teacher logits) and, with mixup, each image's
-     partner and weight.
+In:  a model, a `Dataset` already on its device, `params.Train` knobs and, to distill, a
+     `Teacher`: its logits cached per training row, or the teacher itself, run online on the
+     exact normalised inputs the student sees (shifted, flipped, mixed). Without one the loss is
+     cross-entropy with the labels (mixed like the images, under mixup).
 Out: `Fit` with one dict of floats per epoch; the model ends holding the weights of the epoch with
      the best *validation* accuracy (the test split is scored each epoch for the learning curves,
      never used to choose anything).
 
-Metrics go out through `log(metrics, step)`: the loop never asks whether tracking is on.
+Each epoch's metrics go to `run.log_epoch` (kd.tracking: MLflow, or a no-op when tracking is
+off) and a progress line to the `kd.loop` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,7 @@ from kd import device as devices
 from kd import distributed, resources
 from kd.data import Dataset, Split, mixup, normalize, random_flip, random_shift
 from kd.errors import PipelineError
-from kd.losses import hard_loss
+from kd.losses import distillation_loss, hard_loss
 from kd.metrics import scores
 from kd.models import apply_max_norm
 from kd.params import Train
@@ -52,10 +52,12 @@ class Batch:
                        (self.x, self.y, self.idx, self.partner, self.partner_y, self.lam)))
 
 
-LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 # Big enough to keep the matmuls efficient, small enough that a CNN's activations stay well under
 # a gigabyte (4096 images through cnn:32-64 peaked near 2 GB resident).
 EVAL_BATCH = 1024
+
+
+logger = logging.getLogger(__name__)
 
 
 class Diverged(PipelineError):
@@ -86,10 +88,28 @@ def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BAT
     return distributed.gather_rows(torch.cat(outs), len(split))
 
 
-def hard_label_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Cross-entropy with the true labels (mixed, under mixup), as a `LossFn` (the teacher and the
-    student baseline)."""
-    return hard_loss(logits, batch.y, batch.partner_y, batch.lam)
+@dataclass
+class Teacher:
+    """What a distilled student learns from (Hinton et al. eq. 2, kd.losses): the teacher's
+    logits at temperature T, weighted alpha against the labels. They are `cached` per training
+    row (for un-augmented images: the soft_targets stage), or computed by `model` (in eval mode)
+    on the student's very input tensor ("consistent" teaching, Beyer et al. 2022)."""
+
+    T: float
+    alpha: float
+    cached: torch.Tensor | None = None
+    model: nn.Module | None = None
+
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        if self.model is None:
+            return self.cached[batch.idx]
+        with devices.autocast(batch.x.device):
+            return self.model(batch.x).float()
+
+    def loss(self, student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return distillation_loss(student_logits, self.logits(batch), batch.y, self.T, self.alpha,
+                                 batch.partner_y, batch.lam)
 
 
 def optimizer(model: nn.Module, cfg: Train, total_steps: int
@@ -122,11 +142,11 @@ def batch_inputs(split: Split, idx: torch.Tensor, data: Dataset, cfg: Train,
     return Batch(mixed, y, idx, partner, y[partner], lam)
 
 
-def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: int,
-        max_norm: float = 0.0, log: Callable[[dict, int], None] = lambda m, s: None,
-        label: str = "train") -> Fit:
-    """Train `model` in place; under torchrun every rank calls this with the same arguments
-    and trains its share of each batch (kd/distributed.py)."""
+def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teacher | None = None,
+        max_norm: float = 0.0, run=None, label: str = "train") -> Fit:
+    """Train `model` in place, on the labels or from `teacher`; log each epoch to `run`. Under
+    torchrun every rank calls this with the same arguments and trains its share of each batch
+    (kd/distributed.py)."""
     dev = data.train.x.device
     n = len(data.train)
     # Whole batches only (a last batch of 1 image breaks BatchNorm); shuffling changes which few
@@ -158,7 +178,9 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
                 batch = batch_inputs(data.train, idx, data, cfg, gen, rng).rows(mine)
                 with devices.autocast(dev):
                     logits = net(batch.x)
-                loss = loss_fn(logits.float(), batch)
+                logits = logits.float()
+                loss = (hard_loss(logits, batch.y, batch.partner_y, batch.lam) if teacher is None
+                        else teacher.loss(logits, batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -182,15 +204,16 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, loss_fn: LossFn, *, seed: i
                    "epoch_seconds": train_seconds, "samples_per_s": steps * bs / train_seconds,
                    "lr": sched.get_last_lr()[0]}
             history.append(row)
-            log(row, epoch)
+            if run is not None:
+                run.log_epoch(row, epoch)
             if val["val_acc"] > best_acc:
                 best_acc, best_epoch = val["val_acc"], epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             elapsed = time.perf_counter() - t_start
             left = elapsed / epoch * (cfg.epochs - epoch)
-            print(f"{label} epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  "
-                  f"val acc {val['val_acc']:.4f}  test acc {test['test_acc']:.4f}  "
-                  f"{row['samples_per_s']:,.0f} samples/s  {train_seconds:.1f}s  "
-                  f"~{left:.0f}s left", flush=True)
+            logger.info(f"{label} epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  "
+                        f"val acc {val['val_acc']:.4f}  test acc {test['test_acc']:.4f}  "
+                        f"{row['samples_per_s']:,.0f} samples/s  {train_seconds:.1f}s  "
+                        f"~{left:.0f}s left")
     model.load_state_dict(best_state)
     return Fit(history, best_epoch, time.perf_counter() - t_start)

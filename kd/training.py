@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io as _io
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from kd import distributed, io, loop, metrics, models, resources, tracking
 from kd.data import Dataset
 from kd.params import Model, Params, Train
 
+logger = logging.getLogger(__name__)
 HISTORY = ("epoch", "train_loss", "val_loss", "val_acc", "val_errors", "test_loss", "test_acc",
            "test_errors")
 
@@ -79,10 +81,10 @@ def run_params(p: Params, arch: str, net: Model, train: Train) -> dict:
 
 
 def announce(stage: str, arch: str, model: nn.Module, data: Dataset, train: Train) -> None:
-    print(f"{stage}: {arch} ({models.count_params(model):,} parameters) on {data.name}: "
-          f"{len(data.train):,} train, {len(data.val):,} val, {len(data.test):,} test images, "
-          f"{train.epochs} epochs, device {data.train.x.device}, "
-          f"{resources.share_cores()} threads", flush=True)
+    logger.info(f"{stage}: {arch} ({models.count_params(model):,} parameters) on {data.name}: "
+                f"{len(data.train):,} train, {len(data.val):,} val, {len(data.test):,} test "
+                f"images, {train.epochs} epochs, device {data.train.x.device}, "
+                f"{resources.share_cores()} threads")
 
 
 def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:
@@ -140,5 +142,5 @@ def save(run, name: str, out: Outputs, model: nn.Module, arch: str, net: Model, 
 
 def conclude(stage: str, result: Result, fit: loop.Fit) -> None:
     s = result.summary
-    print(f"{stage}: test accuracy {s['test_acc']:.4f} ({s['test_errors']} errors), "
-          f"best val epoch {fit.best_epoch}, {fit.train_seconds:.0f}s", flush=True)
+    logger.info(f"{stage}: test accuracy {s['test_acc']:.4f} ({s['test_errors']} errors), "
+                f"best val epoch {fit.best_epoch}, {fit.train_seconds:.0f}s")

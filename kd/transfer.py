@@ -14,14 +14,17 @@ split; the test split is never used to choose it.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from kd import loop, metrics
-from kd.data import Dataset
+from kd.data import Dataset, stratified_sample
 
 # Candidate shifts for the automatic bias correction (the paper's values, 3.5 and 7.6, lie inside).
 SHIFT_GRID = torch.arange(0.0, 15.01, 0.1)
+logger = logging.getLogger(__name__)
 
 
 def transfer_indices(labels: torch.Tensor, omit: tuple[int, ...], keep: tuple[int, ...],
@@ -38,15 +41,7 @@ def transfer_indices(labels: torch.Tensor, omit: tuple[int, ...], keep: tuple[in
     if omit:
         allowed &= ~torch.isin(labels, torch.tensor(omit))
     idx = torch.nonzero(allowed).flatten()
-    if fraction < 1.0:
-        g = torch.Generator().manual_seed(seed)
-        parts = []
-        for c in torch.unique(labels[idx]):
-            members = idx[labels[idx] == c]
-            take = max(1, round(fraction * len(members)))
-            parts.append(members[torch.randperm(len(members), generator=g)[:take]])
-        idx = torch.cat(parts).sort().values
-    return idx
+    return idx if fraction == 1.0 else stratified_sample(labels, fraction, seed, rows=idx)
 
 
 def absent_classes(labels: torch.Tensor, idx: torch.Tensor, num_classes: int) -> list[int]:
@@ -87,7 +82,7 @@ def correct_bias(model: nn.Module, data: Dataset, missing: list[int], setting: f
     shift = (best_bias_shift(loop.predict(model, data.val, data), data.val.y, missing)
              if setting == "auto" else float(setting))
     add_output_bias(model, missing, shift)
-    print(f"bias correction: +{shift:.1f} on the logits of classes {missing} "
-          f"({'chosen on validation' if setting == 'auto' else 'from params'})", flush=True)
+    logger.info(f"bias correction: +{shift:.1f} on the logits of classes {missing} "
+                f"({'chosen on validation' if setting == 'auto' else 'from params'})")
     return {"bias_correction": shift, "test_acc_uncorrected": before["test_acc"],
             "test_errors_uncorrected": before["test_errors"]}

@@ -27,22 +27,16 @@ import torch
 from kd import cli, data, device, distributed, io, loop, metrics, tracking, training, transfer
 from kd.archs import resolve_arch
 from kd.errors import PipelineError
-from kd.losses import distillation_loss
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
-    ap.add_argument("--data", help="prepared dataset folder (default: data/<dataset>)")
+    cli.data_option(ap)
     ap.add_argument("--soft-targets", type=Path, default=Path("model/soft_targets.pt"),
                     help="cached teacher logits (default: model/soft_targets.pt)")
     ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"),
-                    help="used only when distill.shift or distill.flip augment the batches")
-    ap.add_argument("--model", type=Path, default=Path("model/distilled.pt"),
-                    help="checkpoint to write (default: model/distilled.pt)")
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/distilled.json"),
-                    help="final metrics JSON (default: metrics/distilled.json)")
-    ap.add_argument("--plots", type=Path, default=Path("plots/distilled.csv"),
-                    help="per-epoch metrics CSV (default: plots/distilled.csv)")
+                    help="run online when distill.shift, flip or mixup augment the batches")
+    cli.model_outputs(ap, "distilled")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 
@@ -60,24 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         subset = transfer.transfer_indices(ds.train.y, t.omit_classes, t.keep_classes, t.fraction,
                                            p.seed).to(dev)
         missing = transfer.absent_classes(ds.train.y, subset, ds.num_classes)
-        cached = soft["train"][subset]
         ds.train = data.Split(ds.train.x[subset], ds.train.y[subset])
-
+        # Cached logits are for un-augmented images: with augmentation the teacher runs online.
         online = p.distill.shift > 0 or p.distill.flip or p.distill.mixup > 0
-        if online:
-            teacher, _ = training.load_checkpoint(args.teacher, dev)
-
-            @torch.no_grad()
-            def teacher_logits(batch: loop.Batch) -> torch.Tensor:
-                with device.autocast(dev):
-                    return teacher(batch.x).float()  # the student's very input tensor
-        else:
-            def teacher_logits(batch: loop.Batch) -> torch.Tensor:
-                return cached[batch.idx]
-
-        def loss_fn(s: torch.Tensor, batch: loop.Batch) -> torch.Tensor:
-            return distillation_loss(s, teacher_logits(batch), batch.y, p.T, p.alpha,
-                                     batch.partner_y, batch.lam)
+        teacher = (loop.Teacher(p.T, p.alpha, model=training.load_checkpoint(args.teacher, dev)[0])
+                   if online else loop.Teacher(p.T, p.alpha, cached=soft["train"][subset]))
 
         arch = resolve_arch(p.student_model.arch, p.dataset, "student")
         model = training.build_model(arch, p.student_model, ds)
@@ -88,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         with tracking.stage_run("distill", p.dataset, settings, tags={
                 "teacher_run_id": tracking.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
-            fit = loop.fit(model, ds, p.distill, loss_fn, seed=p.seed,
-                           max_norm=p.student_model.max_norm, log=run.log_epoch, label="distill")
+            fit = loop.fit(model, ds, p.distill, seed=p.seed, teacher=teacher,
+                           max_norm=p.student_model.max_norm, run=run, label="distill")
             correction = transfer.correct_bias(model, ds, missing, t.bias_correction)
             result = training.evaluate(model, ds, fit)
             result.summary.update(transfer_images=len(subset), **correction,
@@ -100,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                 "alpha": p.alpha, "seed": p.seed, "test_acc": round(result.summary["test_acc"], 6),
                 "run_id": run.run_id})
         training.conclude("distill", result, fit)
+
 
 if __name__ == "__main__":
     main()

@@ -23,8 +23,7 @@ RUN_OF = {"teacher": "teacher_run_id", "student": "student_run_id", "distilled":
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
-    ap.add_argument("--data", help="prepared dataset folder, for the test labels "
-                                   "(default: data/<dataset>)")
+    cli.data_option(ap, "prepared dataset folder, for the test labels")
     ap.add_argument("--metrics-dir", type=Path, default=Path("metrics"),
                     help="folder of {teacher,student,distilled}.json (default: metrics)")
     ap.add_argument("--models-dir", type=Path, default=Path("model"),

@@ -18,7 +18,7 @@ from kd import cli, data, device, distributed, io, loop, metrics, tracking, trai
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
-    ap.add_argument("--data", help="prepared dataset folder (default: data/<dataset>)")
+    cli.data_option(ap)
     ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"),
                     help="teacher checkpoint (default: model/teacher.pt)")
     ap.add_argument("--out", type=Path, default=Path("model/soft_targets.pt"),

@@ -1,0 +1,38 @@
+"""Stages 2 and 3: train a network on the labels alone, with plain cross-entropy.
+
+The teacher (stages/teacher.py) and the student baseline (stages/student.py) are the same stage
+for two roles: each reads params dataset, seed and its own section (`teacher.*` or `student.*`),
+and writes model/<role>.pt, metrics/<role>.json, plots/<role>.csv and one MLflow run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kd import cli, data, device, distributed, loop, tracking, training
+from kd.archs import resolve_arch
+
+
+def main(role: str, doc: str, argv: list[str] | None = None) -> None:
+    ap = cli.parser(doc)
+    cli.data_option(ap)
+    cli.model_outputs(ap, role)
+    args = ap.parse_args(argv)
+    p = cli.params_or_exit(args.params)
+    net, train = getattr(p, f"{role}_model"), getattr(p, role)
+
+    with cli.friendly_errors(), distributed.session():
+        torch.manual_seed(p.seed)
+        ds = data.load(Path(args.data or f"data/{p.dataset}")).to(device.pick())
+        arch = resolve_arch(net.arch, p.dataset, role)
+        model = training.build_model(arch, net, ds)
+        training.announce(role, arch, model, ds, train)
+        out = training.Outputs(args.model, args.metrics, args.plots)
+        with tracking.stage_run(role, p.dataset, training.run_params(p, arch, net, train)) as run:
+            fit = loop.fit(model, ds, train, seed=p.seed, max_norm=net.max_norm, run=run,
+                           label=role)
+            result = training.evaluate(model, ds, fit)
+            training.save(run, role, out, model, arch, net, ds, result, fit.history)
+        training.conclude(role, result, fit)
