@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from kd.reporting import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 GIB = 1024 ** 3
@@ -39,11 +41,10 @@ class Row:
 
 
 def table(rows: list[Row]) -> str:
-    head = "| measurement | pipeline | usual / reference | ratio | target | met? |\n"
-    head += "|---|---|---|---|---|---|\n"
     mark = {True: "yes", False: "**no**", None: "—"}
-    return head + "".join(f"| {r.name} | {r.pipeline} | {r.reference} | {r.ratio} | {r.target} | "
-                          f"{mark[r.met]} |\n" for r in rows)
+    return markdown_table(["measurement", "pipeline", "usual / reference", "ratio", "target", "met?"],
+                          [[r.name, r.pipeline, r.reference, r.ratio, r.target, mark[r.met]]
+                           for r in rows])
 
 
 def ratio_row(name: str, pipe: list[float], ref: list[float], unit: str,

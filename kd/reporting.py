@@ -2,6 +2,7 @@
 
 In:  per-model final metrics dicts and per-epoch histories (rows of plots/<name>.csv).
 Out: a markdown string; PNG bytes (the report stage writes both together, after logging them).
+`markdown_table` is the project's one markdown-table renderer: the sweep and benchmarks use it too.
 """
 
 from __future__ import annotations
@@ -36,24 +37,25 @@ def read_history(path: Path) -> list[dict[str, float]]:
     return rows
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: the header, the `|---|` line, then one line per row (cells as str())."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
+
+
 def comparison_table(rows: list[dict]) -> str:
     """rows: dicts with name, arch and the metrics-file keys plus 'agreement'."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        agree = "—" if r["agreement"] is None else f"{100 * r['agreement']:.2f}%"
-        lines.append(f"| {r['name']} | `{r['arch']}` | {r['params']:,} | "
-                     f"{100 * r['test_acc']:.2f}% | {r['test_errors']} | {agree} | "
-                     f"{r['test_ece']:.4f} | {r['best_epoch']} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(list(COLUMNS), [
+        [r["name"], f"`{r['arch']}`", f"{r['params']:,}", f"{100 * r['test_acc']:.2f}%",
+         r["test_errors"], "—" if r["agreement"] is None else f"{100 * r['agreement']:.2f}%",
+         f"{r['test_ece']:.4f}", r["best_epoch"]] for r in rows])
 
 
 def per_class_table(names: list[str], classes: list[str], errors: dict[str, list[int]]
                     ) -> str:
     """Test errors of each true class (rows) for each model (columns)."""
-    lines = ["| class | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-    for c, label in enumerate(classes):
-        lines.append(f"| {c} {label} | " + " | ".join(str(errors[n][c]) for n in names) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(["class", *names], [[f"{c} {label}", *(errors[n][c] for n in names)]
+                                              for c, label in enumerate(classes)])
 
 
 def headline(finals: dict[str, dict], student_agreement: float, distilled_agreement: float

@@ -1,12 +1,15 @@
-"""The sweep summary: parsing real `dvc exp show --json` output, mean ± std over seeds, the table,
+"""The sweep summary: parsing real `dvc.api.exp_show()` rows, mean ± std over seeds, the table,
 the plot, and `python -m tools.sweep`'s command line (its run over a real queued sweep is in
 tests/test_pipeline_e2e.py, on that module's repository).
 
-tests/data/exp_show.json is DVC 3.67's output captured on digits (epochs 1) and trimmed to the
-keys the parser reads: the workspace (equal to the experiment dizzy-bish), the baseline `main`
-(T=4), finished experiments over T=1, 2, 8, seeds 0 and 1 and alpha 0.5, one failed experiment
+tests/data/exp_show.json holds what `dvc.api.exp_show()` and `dvc.api.params_show()` return for
+experiments DVC 3.67 ran on digits (epochs 1): `dvc exp show --json` output captured and trimmed to
+params and metrics, then put through DVC's own tabulate and _postprocess, the last two steps of
+exp_show. Rows: the workspace (equal to the experiment dizzy-bish), the baseline `main` (T=4),
+finished experiments over T=1, 2, 8, seeds 0 and 1 and alpha 0.5, one failed experiment
 (brash-kegs, alpha=1.5, still showing the files it started from) and one running (dicey-mate,
-showing half-written metrics). The digits test split has 297 images.
+showing half-written metrics). As DVC returns them, every number is a float. The digits test
+split has 297 images.
 """
 
 import dataclasses
@@ -20,6 +23,7 @@ import pytest
 
 from kd import sweep
 from tests.conftest import PNG_MAGIC
+from tests.project_repo import sh
 from tools import sweep as sweep_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,26 +32,32 @@ FINISHED = {"main", "dizzy-bish", "every-dirk", "joint-ages", "acerb-mine", "mul
 
 
 @pytest.fixture
-def records() -> list[dict]:
-    return json.loads(CAPTURED.read_text())
+def shown() -> list[dict]:
+    return json.loads(CAPTURED.read_text())["exp_show"]
 
 
-def experiment(records: list[dict], name: str) -> dict:
-    return next(e for e in records[1]["experiments"] if e["name"] == name)
+@pytest.fixture
+def params() -> dict:
+    return json.loads(CAPTURED.read_text())["params_show"]
+
+
+def row(shown: list[dict], name: str) -> dict:
+    return next(r for r in shown if (r["Experiment"] or r["rev"]) == name)
 
 
 # --- parsing -------------------------------------------------------------------------------------
 
 
-def test_parse_keeps_finished_experiments_and_the_baseline(records):
-    rows, notes = sweep.parse(records)
+def test_parse_keeps_finished_experiments_and_the_baseline(shown, params):
+    rows, notes = sweep.parse(shown, params)
     assert {r.name for r in rows} == FINISHED
     assert sorted(notes) == ["skipped brash-kegs: failed",
                              "skipped dicey-mate: running"]
 
 
-def test_row_holds_params_and_all_three_scores(records):
-    rows, _ = sweep.parse(records)
+def test_row_holds_params_and_all_three_scores(shown, params):
+    row(shown, "every-dirk")["data/digits"] = "1f0e.dir"  # a dependency's column: not a param
+    rows, _ = sweep.parse(shown, params)
     r = next(r for r in rows if r.name == "every-dirk")
     assert (r.rev, r.dataset, r.T, r.alpha, r.seed) == ("1d9a430", "digits", 1.0, 0.9, 0)
     assert isinstance(r.T, float)  # `-S T=1` writes the int 1
@@ -55,35 +65,36 @@ def test_row_holds_params_and_all_three_scores(records):
     assert r.distilled_acc == pytest.approx(1 - 215 / 297)
     assert r.agreement == pytest.approx(0.35353535)
     assert r.config["distill.epochs"] == 1 and "T" not in r.config
+    # The workspace's params say which columns are params: not the bare metric, nor a dependency.
+    assert set(r.config) == set(sweep.flatten(params)) - {"dataset", "T", "alpha", "seed"}
+    assert (r.config["teacher.flip"], r.config["data.root"], r.config["teacher.lr"]) == (False, None, 0.05)
 
 
-def test_workspace_equal_to_an_experiment_is_dropped_but_a_new_one_is_kept(records):
-    rows, _ = sweep.parse(records)
+def test_workspace_equal_to_an_experiment_is_dropped_but_a_new_one_is_kept(shown, params):
+    rows, _ = sweep.parse(shown, params)
     assert "workspace" not in {r.name for r in rows}  # it repeats dizzy-bish
-    records[0]["data"]["params"]["params.yaml"]["data"]["T"] = 3
-    rows, _ = sweep.parse(records)
+    row(shown, "workspace")["T"] = 3.0
+    rows, _ = sweep.parse(shown, params)
     assert next(r for r in rows if r.name == "workspace").T == 3.0
-    rows, _ = sweep.parse(records, include_workspace=False)
+    rows, _ = sweep.parse(shown, params, include_workspace=False)
     assert "workspace" not in {r.name for r in rows}
 
 
-def test_queued_unreadable_and_metricless_records_are_skipped(records):
-    # As DVC shows a queued experiment: executor state "queued", params set, metrics empty.
-    queued = experiment(records, "tenty-eggs")
-    queued["executor"]["state"] = "queued"
-    queued["revs"][0]["data"]["metrics"] = {}
-    experiment(records, "dizzy-bish")["revs"][0]["error"] = {"msg": "bad rev", "type": ""}
-    del records[1]["data"]["metrics"]["metrics/teacher.json"]["data"]
-    rows, notes = sweep.parse(records)
+def test_queued_unreadable_and_metricless_records_are_skipped(shown, params):
+    # As DVC shows a queued experiment: state "Queued", params set, no metrics.
+    queued = row(shown, "tenty-eggs")
+    queued.update({"State": "Queued", **{k: None for k in queued if k.startswith("metrics/")}})
+    # A rev DVC could not read: nothing but its name (exp_show drops DVC's message).
+    unread = row(shown, "dizzy-bish")
+    unread.update({k: None for k in unread if k not in ("Experiment", "rev", "typ")})
+    row(shown, "main")["metrics/teacher.json:test_acc"] = None
+    row(shown, "main")["metrics/teacher.json:test_errors"] = None
+    rows, notes = sweep.parse(shown, params)
     # The workspace no longer repeats a kept experiment, so it is a row of its own.
     assert {r.name for r in rows} == FINISHED - {"tenty-eggs", "main", "dizzy-bish"} | {"workspace"}
     assert "skipped tenty-eggs: queued" in notes
-    assert "skipped dizzy-bish: DVC could not read it (bad rev)" in notes
+    assert "skipped dizzy-bish: DVC could not read it" in notes
     assert "skipped main: no test_acc/test_errors in metrics/teacher.json" in notes
-
-
-def params_of(records: list[dict], name: str) -> dict:
-    return experiment(records, name)["revs"][0]["data"]["params"]["params.yaml"]["data"]
 
 
 # The hinton-mnist preset's values, as params.yaml holds them when an experiment selects it.
@@ -92,28 +103,28 @@ HINTON = {"teacher": {"arch": "mlp:1200-1200", "input_dropout": 0.2, "dropout": 
           "student": {"arch": "mlp:800-800", "epochs": 30}, "distill": {"epochs": 30, "lr": 0.02}}
 
 
-def two_presets(records: list[dict]) -> list[dict]:
+def two_presets(shown: list[dict], params: dict) -> list[dict]:
     """The captured sweep as two settings of three experiments each, a tie for the usual values:
     main, dizzy-bish and every-dirk (seed 0) on preset none; acerb-mine (seed 0), muley-seam and
     joint-ages (seed 1) on hinton-mnist, with its own teacher (50 and 52 errors) and student (70).
     tenty-eggs failed."""
-    for rec in [records[0], records[1]] + [e["revs"][0] for e in records[1]["experiments"]]:
-        rec["data"]["params"]["params.yaml"]["data"]["preset"] = "none"
-    experiment(records, "tenty-eggs")["executor"]["state"] = "failed"
+    params["preset"] = "none"
+    for r in shown:
+        r["preset"] = "none"
+    row(shown, "tenty-eggs")["State"] = "Failed"
     for name, teacher_errors in (("acerb-mine", 50), ("muley-seam", 52), ("joint-ages", 52)):
-        params = params_of(records, name)
-        params["preset"] = "hinton-mnist"
-        for section, values in HINTON.items():
-            params[section].update(values)
-        metrics = experiment(records, name)["revs"][0]["data"]["metrics"]
+        r = row(shown, name)
+        r["preset"] = "hinton-mnist"
+        r.update({f"{section}.{k}": v if isinstance(v, str) else float(v)  # as DVC returns them
+                  for section, values in HINTON.items() for k, v in values.items()})
         for model, errors in (("teacher", teacher_errors), ("student", 70)):
-            metrics[f"metrics/{model}.json"]["data"] = {"test_acc": 1 - errors / 297,
-                                                        "test_errors": errors}
-    return records
+            r[f"metrics/{model}.json:test_acc"] = 1 - errors / 297
+            r[f"metrics/{model}.json:test_errors"] = float(errors)
+    return shown
 
 
-def test_no_experiments_at_all_gives_no_rows():
-    assert sweep.parse([]) == ([], [])
+def test_no_experiments_at_all_gives_no_rows(params):
+    assert sweep.parse([], params) == ([], [])
 
 
 # --- aggregation (golden values from the captured errors: acc = 1 - errors / 297) --------------
@@ -124,8 +135,8 @@ def test_stat_is_mean_and_sample_std():
     assert sweep.stat([0.7]) == sweep.Stat(0.7, 0.0, 1)
 
 
-def test_aggregate_over_seeds_golden(records):
-    rows, _ = sweep.parse(records)
+def test_aggregate_over_seeds_golden(shown, params):
+    rows, _ = sweep.parse(shown, params)
     groups = {(g.alpha, g.T): g for g in sweep.aggregate(rows)}
     assert list(groups) == [(0.5, 2.0), (0.9, 1.0), (0.9, 2.0), (0.9, 4.0), (0.9, 8.0)]
     g = groups[0.9, 1.0]  # seed 0: 215 errors, seed 1: 186
@@ -137,9 +148,9 @@ def test_aggregate_over_seeds_golden(records):
     assert groups[0.5, 2.0].distilled_acc == sweep.Stat(pytest.approx(1 - 105 / 297), 0.0, 1)
 
 
-def test_references_count_each_seed_once(records):
-    rows, _ = sweep.parse(records)
-    refs = sweep.references(rows)
+def test_references_count_each_seed_once(shown, params):
+    rows, _ = sweep.parse(shown, params)
+    refs = sweep_cli.references(rows)
     assert list(refs) == [("digits", "")]
     refs = refs["digits", ""]
     # Seed 0 appears in five experiments, seed 1 in two; each counts once.
@@ -147,9 +158,9 @@ def test_references_count_each_seed_once(records):
     assert refs["student"].mean == pytest.approx(1 - 76.5 / 297)
 
 
-def test_each_setting_has_its_own_teacher_and_student(records):
-    rows, _ = sweep.parse(two_presets(records))
-    refs = sweep.references(rows)
+def test_each_setting_has_its_own_teacher_and_student(shown, params):
+    rows, _ = sweep.parse(two_presets(shown, params), params)
+    refs = sweep_cli.references(rows)
     # Three experiments each: the tie goes to the first in sorted order, "hinton-mnist", which is
     # then the usual setting (""); the values the preset sets are not spelt out on its rows.
     assert list(refs) == [("digits", ""), ("digits", 'preset="none"')]
@@ -159,7 +170,7 @@ def test_each_setting_has_its_own_teacher_and_student(records):
     assert default["teacher"] == sweep.Stat(pytest.approx(1 - 65 / 297), 0.0, 1)
     assert default["student"] == sweep.Stat(pytest.approx(1 - 62 / 297), 0.0, 1)
     # The table's teacher and student columns are each row's own experiments'.
-    md = sweep.markdown(rows)
+    md = sweep_cli.markdown(rows)
     assert '| digits | preset="none" | 0.9 | 1 | 0 | 27.61 | 215 | -51.52 | 79.12 | 78.11 |' in md
     assert "| digits | — | 0.9 | 1 | 1 | 37.37 | 186 | -39.06 | 76.43 | 82.49 |" in md
 
@@ -169,18 +180,20 @@ SWEEP_OUTPUT = """
 import hashlib, json, sys
 from pathlib import Path
 from kd import sweep
-rows, notes = sweep.parse(json.loads(Path(sys.argv[1]).read_text()))
-sweep.accuracy_vs_T_plot(rows, Path(sys.argv[2]))
-print(sweep.markdown(rows), notes, hashlib.sha256(Path(sys.argv[2]).read_bytes()).hexdigest())
+from tools import sweep as cli
+shown = json.loads(Path(sys.argv[1]).read_text())
+rows, notes = sweep.parse(shown["exp_show"], shown["params_show"])
+cli.accuracy_vs_T_plot(rows, Path(sys.argv[2]))
+print(cli.markdown(rows), notes, hashlib.sha256(Path(sys.argv[2]).read_bytes()).hexdigest())
 """
 
 
-def test_output_is_the_same_under_any_hash_seed(records, tmp_path):
-    shown = tmp_path / "exp_show.json"
-    shown.write_text(json.dumps(two_presets(records)))
+def test_output_is_the_same_under_any_hash_seed(shown, params, tmp_path):
+    path = tmp_path / "exp_show.json"
+    path.write_text(json.dumps({"exp_show": two_presets(shown, params), "params_show": params}))
     outputs = []
     for seed in ("0", "12345"):
-        proc = subprocess.run([sys.executable, "-c", SWEEP_OUTPUT, str(shown), str(tmp_path / f"{seed}.png")],
+        proc = subprocess.run([sys.executable, "-c", SWEEP_OUTPUT, str(path), str(tmp_path / f"{seed}.png")],
                               cwd=ROOT, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONHASHSEED": seed})
         assert proc.returncode == 0, proc.stderr
@@ -192,30 +205,30 @@ def test_output_is_the_same_under_any_hash_seed(records, tmp_path):
 # --- table and plot ------------------------------------------------------------------------------
 
 
-def test_markdown_has_a_line_per_setting_and_per_experiment(records):
-    rows, _ = sweep.parse(records)
-    md = sweep.markdown(rows, "accuracy_vs_T.png")
+def test_markdown_has_a_line_per_setting_and_per_experiment(shown, params):
+    rows, _ = sweep.parse(shown, params)
+    md = sweep_cli.markdown(rows, "accuracy_vs_T.png")
     assert "| digits | — | 0.9 | 1 | 0, 1 | 32.49 ± 6.90 | 200.5 | -41.75 ± 13.81 |" in md
     assert "| digits | — | 0.5 | 2 | 0 | 64.65 | 105 | -14.48 | 79.12 | 78.11 |" in md
     assert "| every-dirk | `1d9a430` | digits | 1 | 0.9 | 0 | 78.11 | 79.12 | 27.61 |" in md
     assert "Warning" not in md and "differ in" not in md and "](accuracy_vs_T.png)" in md
-    assert sweep.repeated_seeds(sweep.aggregate(rows)) == []
+    assert sweep_cli.repeated_seeds(sweep.aggregate(rows)) == []
 
 
-def test_other_params_make_their_own_setting_never_pooled(records):
-    params_of(records, "muley-seam")["distill"]["epochs"] = 5
-    rows, _ = sweep.parse(records)
+def test_other_params_make_their_own_setting_never_pooled(shown, params):
+    row(shown, "muley-seam")["distill.epochs"] = 5.0
+    rows, _ = sweep.parse(shown, params)
     assert sweep.varying_params(rows) == ["distill.epochs"]
     odd = [g for g in sweep.aggregate(rows) if g.setting]
     assert [(g.setting, g.seeds) for g in odd] == [("distill.epochs=5", (1,))]
-    md = sweep.markdown(rows)
+    md = sweep_cli.markdown(rows)
     assert "differ in distill.epochs" in md and "| distill.epochs=5 |" in md
 
 
-def test_plot_is_a_png_written_atomically(records, tmp_path):
-    rows, _ = sweep.parse(records)
+def test_plot_is_a_png_written_atomically(shown, params, tmp_path):
+    rows, _ = sweep.parse(shown, params)
     rows.append(dataclasses.replace(rows[0], name="other", dataset="mnist"))  # a second panel
-    sweep.accuracy_vs_T_plot(rows, tmp_path / "out" / "plot.png")
+    sweep_cli.accuracy_vs_T_plot(rows, tmp_path / "out" / "plot.png")
     assert (tmp_path / "out" / "plot.png").read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["plot.png"]
 
@@ -223,13 +236,13 @@ def test_plot_is_a_png_written_atomically(records, tmp_path):
 # --- the command ---------------------------------------------------------------------------------
 
 
-def fake_dvc(monkeypatch, shown: list, status: dict) -> None:
-    outputs = {"exp": json.dumps(shown), "status": json.dumps(status)}
-    monkeypatch.setattr(sweep_cli, "dvc", lambda repo, cmd, *args: outputs[cmd])
+def fake_dvc(monkeypatch, shown: list, params: dict, current: bool) -> None:
+    """DVC's rows and params as `show` returns them; `current`: `dvc status` finds nothing to do."""
+    monkeypatch.setattr(sweep_cli, "show", lambda repo, all_commits: (shown, params, current))
 
 
-def test_main_writes_table_and_plot(records, tmp_path, monkeypatch, capsys):
-    fake_dvc(monkeypatch, records, {})
+def test_main_writes_table_and_plot(shown, params, tmp_path, monkeypatch, capsys):
+    fake_dvc(monkeypatch, shown, params, True)
     sweep_cli.main(["--out", str(tmp_path / "sweep")])
     out, err = capsys.readouterr()
     assert (tmp_path / "sweep" / "sweep.md").read_text() in out
@@ -237,16 +250,16 @@ def test_main_writes_table_and_plot(records, tmp_path, monkeypatch, capsys):
     assert "skipped brash-kegs" in err and "skipped workspace" not in err
 
 
-def test_main_leaves_out_a_stale_workspace(records, tmp_path, monkeypatch, capsys):
-    records[0]["data"]["params"]["params.yaml"]["data"]["T"] = 3  # edited, not reproduced
-    fake_dvc(monkeypatch, records, {"distill": [{"changed deps": {"params.yaml": {"T": 3}}}]})
+def test_main_leaves_out_a_stale_workspace(shown, params, tmp_path, monkeypatch, capsys):
+    row(shown, "workspace")["T"] = 3.0  # edited, not reproduced
+    fake_dvc(monkeypatch, shown, params, False)
     sweep_cli.main(["--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert "| workspace |" not in out and "skipped workspace" in err
 
 
-def test_main_fails_in_one_line_without_results(tmp_path, monkeypatch, capsys):
-    fake_dvc(monkeypatch, [], {})
+def test_main_fails_in_one_line_without_results(params, tmp_path, monkeypatch, capsys):
+    fake_dvc(monkeypatch, [], params, True)
     with pytest.raises(SystemExit) as exit_:
         sweep_cli.main(["--out", str(tmp_path)])
     assert exit_.value.code == 1
@@ -255,9 +268,26 @@ def test_main_fails_in_one_line_without_results(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_show_asks_dvc_and_names_the_baseline_by_its_branch_and_commit(tmp_path):
+    sh(tmp_path, "git", "init", "-q", "-b", "main")
+    sh(tmp_path, sys.executable, "-m", "dvc", "init", "-q")
+    (tmp_path / "params.yaml").write_text("T: 4\nteacher:\n  epochs: 2\n  flip: false\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo\n    params: [T, teacher]\n")
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-qm", "project")
+    shown, params, current = sweep_cli.show(tmp_path, all_commits=False)
+    head = sh(tmp_path, "git", "rev-parse", "--short=7", "HEAD").strip()
+    assert [(r["Experiment"], r["rev"], r["typ"]) for r in shown] == [
+        (None, "workspace", "baseline"), ("main", head, "baseline")]
+    # As exp_show returns values: numbers as floats, the rest as Python's text.
+    assert (shown[1]["T"], shown[1]["teacher.epochs"], shown[1]["teacher.flip"]) == (4.0, 2.0, "False")
+    assert params == {"T": 4, "teacher": {"epochs": 2, "flip": False}}
+    assert current is False  # stage s never ran
+
+
 def test_main_fails_in_one_line_outside_a_dvc_repo(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         sweep_cli.main(["--repo", str(tmp_path), "--out", str(tmp_path / "sweep")])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: dvc exp show --json failed") and err.count("\n") == 1
+    assert err.startswith("error: dvc exp show failed") and err.count("\n") == 1

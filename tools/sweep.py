@@ -5,7 +5,7 @@ After a sweep such as `dvc exp run --queue -S T=1,2,4,8,20 -S seed=0,1,2` and
 
     python -m tools.sweep [--out sweep/]
 
-Reads `dvc exp show --json`: params.yaml's dataset, T, alpha and seed and metrics/{teacher,student,
+Reads `dvc.api.exp_show()`: params.yaml's dataset, T, alpha and seed and metrics/{teacher,student,
 distilled}.json. Writes <out>/sweep.md (mean ± std over seeds per dataset, setting, alpha and T,
 then one line per experiment) and <out>/accuracy_vs_T.png (a panel per dataset and setting, with
 that setting's own teacher and student), and prints the table. Queued, running and failed
@@ -17,44 +17,151 @@ Exit status 1, with a one-line message, when DVC fails or no experiment has metr
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
+import textwrap
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from kd import io, sweep
+import dvc.api
+from dvc.exceptions import DvcException
+from dvc.repo import Repo
+from matplotlib.figure import Figure
+
+from kd import io
+from kd.reporting import markdown_table
+from kd.sweep import Group, Row, Stat, aggregate, parse, settings, stat, varying_params
 
 PLOT = "accuracy_vs_T.png"
 
 
-def dvc(repo: Path, *args: str) -> str:
-    """Run `dvc <args>` in `repo` with this interpreter's DVC; its stdout, or SystemExit(1)."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
-                              capture_output=True, text=True)
-    except OSError as e:
-        fail(f"dvc {' '.join(args)}: {e}")
-    if proc.returncode != 0:
-        last = [line for line in proc.stderr.splitlines() if line.strip()] or ["no message"]
-        fail(f"dvc {' '.join(args)} failed in {repo}: {last[-1].strip()}")
-    return proc.stdout
-
-
 def fail(message: str) -> NoReturn:
     """Print `error: message` as one line on stderr and exit with status 1."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(1)
 
 
-def load_json(text: str, what: str) -> Any:
-    """Parse the JSON that command `what` printed, or fail naming it."""
+def show(repo: Path, all_commits: bool) -> tuple[list[dict], dict, bool]:
+    """DVC's rows of the workspace, HEAD (or every commit) and their experiments; the workspace's
+    params; and whether `dvc status` finds every output up to date."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        fail(f"{what} printed no JSON ({e})")
+        with Repo(str(repo)) as project:  # first: outside a DVC project this says so in plain words
+            # Every commit, as `dvc exp show --all-commits` takes them; else HEAD alone.
+            revs = list(project.scm.list_all_commits()) if all_commits else None
+            rows = dvc.api.exp_show(repo=project.root_dir, revs=revs)
+            params = dvc.api.params_show(repo=project.root_dir)
+            current = project.status() == {}
+            for row in rows:  # exp_show names a branch's commit by the branch: name it, show the commit
+                if row["typ"] == "baseline" and row["rev"] != "workspace":
+                    row["Experiment"], row["rev"] = row["rev"], project.scm.resolve_rev(row["rev"])[:7]
+    except DvcException as e:
+        fail(f"dvc exp show failed in {repo}: {e}")
+    return rows, params, current
+
+
+def references(rows: list[Row]) -> dict[tuple[str, str], dict[str, Stat]]:
+    """(dataset, setting) -> its teacher's and student baseline's test accuracy, over seeds.
+
+    Each setting has its own (a preset trains other networks). Neither depends on T or alpha, so
+    each seed counts once however many of the setting's experiments share it.
+    """
+    per_seed: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for r, setting in zip(rows, settings(rows), strict=True):
+        accs = per_seed.setdefault((r.dataset, setting), {"teacher": {}, "student": {}})
+        accs["teacher"].setdefault(r.seed, r.teacher_acc)
+        accs["student"].setdefault(r.seed, r.student_acc)
+    return {key: {model: stat(by_seed.values()) for model, by_seed in accs.items()}
+            for key, accs in sorted(per_seed.items())}
+
+
+def repeated_seeds(groups: list[Group]) -> list[str]:
+    """Settings ("dataset alpha=a T=t") that hold one seed more than once: not a spread over seeds."""
+    return [f"{g.dataset} {g.setting + ' ' if g.setting else ''}alpha={g.alpha:g} T={g.T:g}"
+            for g in groups if len(set(g.seeds)) < len(g.seeds)]
+
+
+def _pct(s: Stat, sign: str = "") -> str:
+    return f"{100 * s.mean:{sign}.2f}" + (f" ± {100 * s.std:.2f}" if s.n > 1 else "")
+
+
+def summary_table(groups: list[Group]) -> str:
+    """One line per dataset, setting, alpha and T; accuracies in %, mean ± std over seeds."""
+    return markdown_table(
+        ["dataset", "setting", "alpha", "T", "seeds", "distilled acc (%)", "distilled errors",
+         "gain over student (points)", "student acc (%)", "teacher acc (%)"],
+        [[g.dataset, g.setting or "—", f"{g.alpha:g}", f"{g.T:g}", ", ".join(map(str, g.seeds)),
+          _pct(g.distilled_acc),
+          f"{g.distilled_errors.mean:.1f}" if g.distilled_errors.n > 1 else f"{g.distilled_errors.mean:.0f}",
+          _pct(g.gain, "+"), _pct(g.student_acc), _pct(g.teacher_acc)] for g in groups])
+
+
+def experiments_table(rows: list[Row]) -> str:
+    """One line per experiment, accuracies in %."""
+    return markdown_table(
+        ["experiment", "rev", "dataset", "T", "alpha", "seed", "teacher acc (%)", "student acc (%)",
+         "distilled acc (%)", "teacher errors", "student errors", "distilled errors", "agreement (%)"],
+        [[r.name, f"`{r.rev}`", r.dataset, f"{r.T:g}", f"{r.alpha:g}", r.seed,
+          *(f"{100 * acc:.2f}" for acc in (r.teacher_acc, r.student_acc, r.distilled_acc)),
+          r.teacher_errors, r.student_errors, r.distilled_errors,
+          "—" if r.agreement is None else f"{100 * r.agreement:.2f}"] for r in rows])
+
+
+def markdown(rows: list[Row], plot_name: str | None = None) -> str:
+    """The whole sweep page: summary over seeds, a warning for unseparated params, every row."""
+    groups = aggregate(rows)
+    parts = ["# Distillation sweep: distilled-student test accuracy against T\n",
+             f"{len(rows)} finished experiments. Mean ± sample std over seeds where a setting has "
+             "several; gain is the distilled minus the student-baseline accuracy of each "
+             "experiment.\n",
+             summary_table(groups)]
+    if varying := varying_params(rows):
+        parts.append(f"Experiments also differ in {', '.join(varying)}: each setting has its own "
+                     "rows (and panel in the plot, with its own teacher and student), never pooled "
+                     "with the others.\n")
+    if repeated := repeated_seeds(groups):  # the usual cause: one experiment run under two names
+        parts.append(f"**Warning:** these settings hold the same seed more than once, so their "
+                     f"spread is not over seeds: {'; '.join(repeated)}.\n")
+    parts += ["## Experiments\n", experiments_table(rows)]
+    if plot_name:
+        parts.append(f"![distilled-student test accuracy against T]({plot_name})\n")
+    return "\n".join(parts)
+
+
+def accuracy_vs_T_plot(rows: list[Row], path: Path) -> None:
+    """Write a PNG: one panel per dataset and setting, the distilled test accuracy against T (one
+    line per alpha, error bars = std over seeds) with that setting's own teacher and student
+    baseline as horizontal references."""
+    groups, refs = aggregate(rows), references(rows)
+    cols = min(3, len(refs))
+    lines = -(-len(refs) // cols)
+    # A bare Figure renders with Agg and leaves pyplot's global state alone.
+    fig = Figure(figsize=(5 * cols, 3.6 * lines + 0.4), dpi=120)
+    for i, ((dataset, setting), ref) in enumerate(refs.items(), start=1):
+        ax = fig.add_subplot(lines, cols, i)
+        for label, r, style, color in (("teacher", ref["teacher"], "--", "black"),
+                                       ("student baseline", ref["student"], ":", "gray")):
+            ax.axhline(100 * r.mean, linestyle=style, color=color, label=f"{label} ({_pct(r)}%)")
+            if r.n > 1:
+                ax.axhspan(100 * (r.mean - r.std), 100 * (r.mean + r.std), color=color, alpha=0.12)
+        mine = [g for g in groups if (g.dataset, g.setting) == (dataset, setting)]
+        for alpha in sorted({g.alpha for g in mine}):
+            line = [g for g in mine if g.alpha == alpha]
+            ax.errorbar([g.T for g in line], [100 * g.distilled_acc.mean for g in line],
+                        yerr=[100 * g.distilled_acc.std for g in line], marker="o", markersize=4,
+                        capsize=3, label=f"distilled, alpha={alpha:g}")
+        temps = sorted({g.T for g in mine})
+        # Temperatures are swept geometrically (1, 2, 4, 8, 20): a log axis spaces them evenly.
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])
+        ax.minorticks_off()
+        ax.set(xlabel="temperature T", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        ax.set_title(textwrap.fill(f"{dataset}, {setting or 'usual params'}", 50), fontsize="medium")
+    fig.suptitle("Distilled student's test accuracy against T" +
+                 (" (mean ± std over seeds)" if max(g.distilled_acc.n for g in groups) > 1 else ""))
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,10 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                          "(they may have run other code)")
     args = ap.parse_args(argv)
 
-    shown = dvc(args.repo, "exp", "show", "--json", *(["--all-commits"] if args.all_commits else []))
-    # `dvc status --json` prints {} when every stage's outputs match its params, code and data.
-    current = load_json(dvc(args.repo, "status", "--json"), "dvc status --json") == {}
-    rows, notes = sweep.parse(load_json(shown, "dvc exp show --json"), include_workspace=current)
+    shown, params, current = show(args.repo, args.all_commits)
+    rows, notes = parse(shown, params, include_workspace=current)
     if not current:
         notes.append("skipped workspace: not reproduced since its params or code changed (dvc status)")
     for note in notes:
@@ -82,9 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         fail("no experiment has metrics yet: run `dvc repro`, or queue a sweep "
              "(`dvc exp run --queue -S T=1,2,4,8`) and `dvc queue start`")
 
-    md = sweep.markdown(rows, PLOT)
+    md = markdown(rows, PLOT)
     io.write_text(args.out / "sweep.md", md)
-    sweep.accuracy_vs_T_plot(rows, args.out / PLOT)
+    accuracy_vs_T_plot(rows, args.out / PLOT)
     print(md)
     print(f"wrote {args.out / 'sweep.md'} and {args.out / PLOT}", file=sys.stderr)
 
