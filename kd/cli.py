@@ -51,13 +51,16 @@ def data_option(ap: argparse.ArgumentParser, what: str = "prepared dataset folde
     ap.add_argument("--data", help=f"{what} (default: data/<dataset>)")
 
 
+def path_option(ap: argparse.ArgumentParser, name: str, default: str, what: str) -> None:
+    """--<name> PATH, a file or folder the stage reads or writes, with its default in the help."""
+    ap.add_argument(f"--{name}", type=Path, default=Path(default), help=f"{what} (default: {default})")
+
+
 def model_outputs(ap: argparse.ArgumentParser, name: str) -> None:
     """--model, --metrics, --plots: what a training stage writes for model `name`."""
-    for flag, default, what in (("model", f"model/{name}.pt", "checkpoint to write"),
-                                ("metrics", f"metrics/{name}.json", "final metrics JSON"),
-                                ("plots", f"plots/{name}.csv", "per-epoch metrics CSV")):
-        ap.add_argument(f"--{flag}", type=Path, default=Path(default),
-                        help=f"{what} (default: {default})")
+    path_option(ap, "model", f"model/{name}.pt", "checkpoint to write")
+    path_option(ap, "metrics", f"metrics/{name}.json", "final metrics JSON")
+    path_option(ap, "plots", f"plots/{name}.csv", "per-epoch metrics CSV")
 
 
 def params_or_exit(path: str) -> Params:

@@ -12,8 +12,6 @@ touched. Run: python -m stages.check
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kd import cli, io
 
 OK = "params.yaml passed the checks of kd/params.py\n"
@@ -21,8 +19,7 @@ OK = "params.yaml passed the checks of kd/params.py\n"
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
-    ap.add_argument("--out", type=Path, default=Path("checks/params.ok"),
-                    help="marker the other stages depend on (default: checks/params.ok)")
+    cli.path_option(ap, "out", "checks/params.ok", "marker the other stages depend on")
     args = ap.parse_args(argv)
     cli.params_or_exit(args.params)
     with cli.friendly_errors():

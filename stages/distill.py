@@ -32,10 +32,9 @@ from kd.errors import PipelineError
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.data_option(ap)
-    ap.add_argument("--soft-targets", type=Path, default=Path("model/soft_targets.pt"),
-                    help="cached teacher logits (default: model/soft_targets.pt)")
-    ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"),
-                    help="run online when distill.shift, flip or mixup augment the batches")
+    cli.path_option(ap, "soft-targets", "model/soft_targets.pt", "cached teacher logits")
+    cli.path_option(ap, "teacher", "model/teacher.pt",
+                    "run online when distill.shift, flip or mixup augment the batches")
     cli.model_outputs(ap, "distilled")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)

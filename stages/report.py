@@ -24,14 +24,10 @@ RUN_OF = {"teacher": "teacher_run_id", "student": "student_run_id", "distilled":
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.data_option(ap, "prepared dataset folder, for the test labels")
-    ap.add_argument("--metrics-dir", type=Path, default=Path("metrics"),
-                    help="folder of {teacher,student,distilled}.json (default: metrics)")
-    ap.add_argument("--models-dir", type=Path, default=Path("model"),
-                    help="folder of the three checkpoints (default: model)")
-    ap.add_argument("--plots-dir", type=Path, default=Path("plots"),
-                    help="folder of the per-epoch CSVs (default: plots)")
-    ap.add_argument("--out", type=Path, default=Path("report"),
-                    help="folder for report.md and accuracy.png (default: report)")
+    cli.path_option(ap, "metrics-dir", "metrics", "folder of {teacher,student,distilled}.json")
+    cli.path_option(ap, "models-dir", "model", "folder of the three checkpoints")
+    cli.path_option(ap, "plots-dir", "plots", "folder of the per-epoch CSVs")
+    cli.path_option(ap, "out", "report", "folder for report.md and accuracy.png")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 

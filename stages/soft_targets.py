@@ -19,10 +19,8 @@ from kd import cli, data, device, distributed, io, loop, metrics, tracking, trai
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.data_option(ap)
-    ap.add_argument("--teacher", type=Path, default=Path("model/teacher.pt"),
-                    help="teacher checkpoint (default: model/teacher.pt)")
-    ap.add_argument("--out", type=Path, default=Path("model/soft_targets.pt"),
-                    help="logits file to write (default: model/soft_targets.pt)")
+    cli.path_option(ap, "teacher", "model/teacher.pt", "teacher checkpoint")
+    cli.path_option(ap, "out", "model/soft_targets.pt", "logits file to write")
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
 
