@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,11 @@ def write_params(folder: Path, params: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def metrics_file(folder: Path, name: str) -> dict:
+    """metrics/<name>.json of a project folder, parsed."""
+    return json.loads((folder / f"metrics/{name}.json").read_text())
 
 
 def run_stage(name, *argv):

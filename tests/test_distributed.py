@@ -6,7 +6,6 @@ same stage run in one process on the same data and teacher.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import torch
 
 from kd import distributed
 from kd.distributed import TIMEOUT
-from tests.conftest import ROOT, hash_tree, run_stage, tiny_params, write_params
+from tests.conftest import ROOT, hash_tree, metrics_file, run_stage, tiny_params, write_params
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -33,7 +32,7 @@ def torchrun(folder, *args, check=True) -> subprocess.CompletedProcess:
 
 
 def acc(folder, name):
-    return json.loads((folder / "metrics" / f"{name}.json").read_text())["test_acc"]
+    return metrics_file(folder, name)["test_acc"]
 
 
 @pytest.fixture(scope="module")

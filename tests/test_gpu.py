@@ -4,12 +4,11 @@ Tracking is off here: the GPU machines these run on need not have MLflow, and lo
 (moved to the CPU first) is pinned by tests/test_stages.py.
 """
 
-import json
 
 import pytest
 import torch
 
-from tests.conftest import distill_with
+from tests.conftest import distill_with, metrics_file
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -19,7 +18,7 @@ def test_stages_train_on_the_gpu_with_bf16(workdir, monkeypatch):
     monkeypatch.setenv("KD_TRACKING", "off")
     distill_with(workdir, shift=1)  # augmentation: the teacher also runs online, under autocast
     for name in ("teacher", "distilled"):
-        m = json.loads((workdir / f"metrics/{name}.json").read_text())
+        m = metrics_file(workdir, name)
         assert 0.5 <= m["test_acc"] <= 1.0  # digits: well above chance (0.1) after 2 epochs
     ckpt = torch.load(workdir / "model/distilled.pt", weights_only=True)
     assert all(v.device.type == "cpu" for v in ckpt["state_dict"].values())  # portable checkpoint

@@ -6,7 +6,6 @@ One `dvc repro` on digits in a temporary git repository serves both tests (modul
 """
 
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import metrics_file
 from tests.project_repo import env, make_project_repo, sh
 
 pytestmark = pytest.mark.slow  # a server, DVC and the whole pipeline: about a minute or more
@@ -102,10 +102,6 @@ def repo(tmp_path_factory, server) -> Path:
     make_project_repo(repo)
     dvc(repo, server[0], "repro")
     return repo
-
-
-def metrics_file(repo: Path, name: str) -> dict:
-    return json.loads((repo / f"metrics/{name}.json").read_text())
 
 
 def sha256s(folder: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from tests.conftest import distill_with, run_stage, tiny_params, write_params
+from tests.conftest import distill_with, metrics_file, run_stage, tiny_params, write_params
 
 STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
 # What metrics/<model>.json holds: the compared values only (no timings, no per-class lists).
@@ -58,10 +58,6 @@ def test_every_output_is_written(pipeline):
                 "report/accuracy.png"):
         assert (folder / rel).is_file(), rel
     assert (folder / "report/accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def metrics_file(folder, name):
-    return json.loads((folder / f"metrics/{name}.json").read_text())
 
 
 def test_metrics_files_hold_the_compared_values_recomputable_from_the_checkpoints(pipeline):
