@@ -65,7 +65,8 @@ def params_for(base: dict, seed: int, changes: dict) -> dict:
 
 
 def stage(folder: Path, name: str, log) -> None:
-    env = {**os.environ, "KD_TRACKING": "off", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "KD_TRACKING": "off", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=folder, env=env,
                           capture_output=True, text=True)
     log(f"{folder.name}/{name}: exit {proc.returncode}; {proc.stdout.strip().splitlines()[-1:]}"
