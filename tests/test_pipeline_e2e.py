@@ -1,5 +1,6 @@
-"""End to end through DVC, as a user runs it: `dvc repro`, `dvc exp run -S T=2`, and two queued
-experiments over seeds (`-S seed=1,2`) run by `dvc queue start -j 2`, all landing in one MLflow
+"""End to end through DVC, as a user runs it: `dvc repro`, `dvc exp run -S T=2`, two queued
+experiments over seeds (`-S seed=1,2`) run by `dvc queue start -j 2` and a third (`-S seed=1
+-S T=2`) that reuses seed 1's teacher from the run cache, all landing in one MLflow
 store at the repo root; then `python -m tools.sweep` over those experiments (mean ± std over
 seeds 0, 1, 2), and bad params stopped before any output changes.
 
@@ -50,6 +51,18 @@ def stage_run_ids(all_runs, stage: str) -> list[str]:
             and r.info.run_name == stage]
 
 
+def run_queue(repo: Path, jobs: int) -> None:
+    """`dvc queue start -j N`, then wait until nothing is queued or running; none may fail."""
+    sh(repo, "dvc", "queue", "start", "-j", str(jobs))
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = sh(repo, "dvc", "queue", "status")
+        if "Running" not in status and "Queued" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status
+
+
 def test_repro_then_T_change_then_queue(repo):
     # 1. The whole DAG, every stage recorded once, and one pipeline run named after the commit.
     sh(repo, "dvc", "repro")
@@ -97,14 +110,7 @@ def test_repro_then_T_change_then_queue(repo):
     # 3. Seeds as an axis: two queued experiments (seeds 1 and 2), run two at a time, retrain
     # every model with their seed and land in the same store.
     sh(repo, "dvc", "exp", "run", "--queue", "-S", "seed=1,2")
-    sh(repo, "dvc", "queue", "start", "-j", "2")
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = sh(repo, "dvc", "queue", "status")
-        if "Running" not in status and "Queued" not in status:
-            break
-        time.sleep(3)
-    assert "Failed" not in status, status
+    run_queue(repo, jobs=2)
     third = runs(repo)
     temps = sorted(r.data.params["T"] for r in third if r.info.run_name == "distill")
     assert temps == ["2.0", "4.0", "4.0", "4.0", "4.0"]
@@ -118,6 +124,19 @@ def test_repro_then_T_change_then_queue(repo):
         assert r.data.tags["dvc.exp_name"] == r.info.run_name
         assert r.data.tags["teacher_run_id"] == teachers[seed]
         assert r.data.tags["distill_run_id"] in distill_ids
+
+    # A queued experiment whose teacher, student and soft targets an earlier one already made
+    # (same params and seed) takes them from DVC's run cache: only distill and report run.
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "seed=1", "-S", "T=2")
+    run_queue(repo, jobs=1)
+    fourth = runs(repo)
+    for stage in ("teacher", "student", "soft_targets"):
+        assert count(fourth, stage) == count(third, stage), stage
+    assert count(fourth, "distill") == count(third, "distill") + 1
+    piped = pipeline_runs(fourth)
+    (reused,) = [r for name, r in piped.items() if r.data.params["seed"] == "1"
+                 and r.data.params["T"] == "2.0"]
+    assert reused.data.tags["teacher_run_id"] == teachers["1"]
 
     # 4. The README's terminal view: the required columns in 120 characters, the same numbers
     # as each experiment's pipeline run.
@@ -138,7 +157,8 @@ def test_repro_then_T_change_then_queue(repo):
 def test_sweep_summarises_the_queued_experiments(repo, tmp_path, capsys):
     """`python -m tools.sweep` over the experiments the test above made: T = 4 with seeds 0 (the
     baseline commit), 1 and 2 (queued) as one setting, mean ± std over the three; T = 2 with seed
-    0. The workspace equals the T = 2 experiment and is left out."""
+    0 (the workspace's experiment) and 1 (queued, its teacher from the run cache). The workspace
+    equals the first T = 2 experiment and is left out."""
     if not list((repo / ".git" / "refs" / "exps").rglob("*")):
         pytest.skip("needs the experiments of test_repro_then_T_change_then_queue")
     sweep_cli.main(["--repo", str(repo), "--out", str(tmp_path / "sweep")])
@@ -146,9 +166,9 @@ def test_sweep_summarises_the_queued_experiments(repo, tmp_path, capsys):
     md = (tmp_path / "sweep" / "sweep.md").read_text()
     (three_seeds,) = [line for line in md.splitlines() if line.startswith("| digits | — | 0.9 | 4 |")]
     assert three_seeds.startswith("| digits | — | 0.9 | 4 | 0, 1, 2 | ") and " ± " in three_seeds
-    assert "| digits | — | 0.9 | 2 | 0 | " in md
+    assert "| digits | — | 0.9 | 2 | 0, 1 | " in md
     assert "| workspace |" not in md
-    assert md.count("| digits |") == 2 + 4  # two settings, four experiments
+    assert md.count("| digits |") == 2 + 5  # two settings, five experiments
     assert md in out
     assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
 
