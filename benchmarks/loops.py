@@ -35,9 +35,8 @@ class Role:
 
 def role(s: Setup, name: str, arch: str) -> Role:
     """The knobs params.yaml gives teacher or student, for one epoch without augmentation."""
-    model_cfg, train_cfg = ((s.params.teacher_model, s.params.teacher) if name == "teacher"
-                            else (s.params.student_model, s.params.student))
-    return Role(arch, model_cfg, replace(train_cfg, epochs=1, shift=0, flip=False, mixup=0.0))
+    cfg = getattr(s.params, name)  # the role's section: a Model's keys and a Train's
+    return Role(arch, cfg, replace(cfg, epochs=1, shift=0, flip=False, mixup=0.0))
 
 
 def build(s: Setup, r: Role, memory_format: torch.memory_format = torch.channels_last

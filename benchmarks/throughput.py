@@ -126,7 +126,7 @@ def prepare(ws: Path, args: argparse.Namespace, dev: torch.device) -> loops.Setu
 
 def teacher_rows(s: loops.Setup, args) -> list[Row]:
     """Items 1 and 3: the default teacher's step against its kernels, and what was tried."""
-    t = loops.role(s, "teacher", resolve_arch(s.params.teacher_model.arch, "fashion-mnist",
+    t = loops.role(s, "teacher", resolve_arch(s.params.teacher.arch, "fashion-mnist",
                                               "teacher"))
     ceiling, flops = compute.kernel_ceiling(s, t)
     fns = {"channels-last": loops.fit_rate(s, t),

@@ -11,11 +11,13 @@ import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 MODELS = ("teacher", "student", "distilled")
 SWEPT = ("dataset", "T", "alpha", "seed")
 DVC_COLUMNS = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")
+_json = partial(json.dumps, sort_keys=True)  # a param's value as one comparable, hashable text
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,7 @@ class Row:
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """Mean and sample standard deviation (n - 1; 0.0 for a single value) of n values."""
     mean: float
     std: float
@@ -88,10 +89,8 @@ def parse(shown: list[dict], params: dict, include_workspace: bool = True
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{"distill": {"epochs": 15}} -> {"distill.epochs": 15}, as DVC names its columns."""
-    out = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return out
+    return {k: v for key, value in tree.items() for k, v in (flatten(value, f"{prefix}{key}.")
+            if isinstance(value, dict) else {prefix + key: value}).items()}
 
 
 def _row(name: str, rec: dict, workspace: dict[str, Any]) -> Row:
@@ -103,10 +102,9 @@ def _row(name: str, rec: dict, workspace: dict[str, Any]) -> Row:
         raise _Skip("DVC could not read it")
     if missing := [k for k in SWEPT if rec.get(k) in (None, "!")]:  # "!": DVC could not read the file
         raise _Skip(f"params.yaml has no {', '.join(missing)}")
-    agreement = _metric(rec, "distilled", "agreement")
     return Row(name, rec["rev"], str(rec["dataset"]), float(rec["T"]), float(rec["alpha"]),
                int(rec["seed"]), *(score for m in MODELS for score in _scores(rec, m)),
-               float(agreement) if isinstance(agreement, int | float) else None,
+               float(a) if isinstance(a := _metric(rec, "distilled", "agreement"), int | float) else None,
                {k: _value(rec.get(k), like) for k, like in workspace.items()})
 
 
@@ -136,12 +134,7 @@ def _value(value: Any, like: Any) -> Any:
         return value
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
 def stat(values: Iterable[float]) -> Stat:
-    """Mean and sample std (ddof 1) of values; std is 0.0 for a single value."""
     values = list(values)
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
@@ -177,8 +170,6 @@ def settings(rows: list[Row]) -> list[str]:
 
 def varying_params(rows: list[Row]) -> list[str]:
     """Params other than dataset, T, alpha and seed that differ between rows of one dataset."""
-    varying = set()
-    for dataset in {r.dataset for r in rows}:
-        configs = [r.config for r in rows if r.dataset == dataset]
-        varying |= {k for k in set().union(*configs) if len({_json(c.get(k)) for c in configs}) > 1}
-    return sorted(varying)
+    per_dataset = [[r.config for r in rows if r.dataset == d] for d in {r.dataset for r in rows}]
+    return sorted({k for configs in per_dataset for k in set().union(*configs)
+                   if len({_json(c.get(k)) for c in configs}) > 1})

@@ -19,7 +19,6 @@ the teacher's run id. Run: python -m stages.distill
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             raise PipelineError(f"{args.soft_targets}: soft targets are for another dataset "
                                 f"({soft['dataset']}); run the soft_targets stage first")
         # The transfer set: all of train by default, or the paper's omitted/kept classes, fraction.
-        t = p.transfer
+        t = p.distill
         subset = transfer.transfer_indices(ds.train.y, t.omit_classes, t.keep_classes, t.fraction,
                                            p.seed).to(dev)
         missing = transfer.absent_classes(ds.train.y, subset, ds.num_classes)
@@ -59,22 +58,22 @@ def main(argv: list[str] | None = None) -> None:
         teacher = (loop.Teacher(p.T, p.alpha, model=training.load_checkpoint(args.teacher, dev)[0])
                    if online else loop.Teacher(p.T, p.alpha, cached=soft["train"][subset]))
 
-        arch = resolve_arch(p.student_model.arch, p.dataset, "student")
-        model = training.build_model(arch, p.student_model, ds)
+        arch = resolve_arch(p.student.arch, p.dataset, "student")
+        model = training.build_model(arch, p.student, ds)
         training.announce("distill", arch, model, ds, p.distill)
         out = training.Outputs(args.model, args.metrics, args.plots)
-        settings = {**training.run_params(p, arch, p.student_model, p.distill), "T": p.T,
-                    "alpha": p.alpha, **asdict(t)}
+        settings = {**training.run_params(p, arch, p.student, p.distill), "T": p.T,
+                    "alpha": p.alpha}
         with tracking.stage_run("distill", p.dataset, settings, tags={
                 "teacher_run_id": tracking.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
             fit = loop.fit(model, ds, p.distill, seed=p.seed, teacher=teacher,
-                           max_norm=p.student_model.max_norm, run=run, label="distill")
+                           max_norm=p.student.max_norm, run=run, label="distill")
             correction = transfer.correct_bias(model, ds, missing, t.bias_correction)
             result = training.evaluate(model, ds, fit)
             result.summary.update(transfer_images=len(subset), **correction,
                                   agreement=metrics.agreement(result.test_logits, soft["test"]))
-            training.save(run, "distilled", out, model, arch, p.student_model, ds, result,
+            training.save(run, "distilled", out, model, arch, p.student, ds, result,
                           fit.history, register_tags={
                 "experiment": tracking.experiment_name(), "dataset": p.dataset, "T": p.T,
                 "alpha": p.alpha, "seed": p.seed, "test_acc": round(result.summary["test_acc"], 6),

@@ -8,6 +8,7 @@ checksums). Run: python -m stages.download
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from kd import cli, data, sources, tracking
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"data/{p.dataset}")
 
     with cli.friendly_errors(), tracking.stage_run(
-            "download", p.dataset, {"dataset": p.dataset, "data": p.raw["data"]}) as run:
+            "download", p.dataset, {"dataset": p.dataset, "data": asdict(p.data)}) as run:
         t0 = time.perf_counter()
         raw = sources.fetch(p.dataset, p.data.root, Path(args.cache))
         train, val = data.split_off_validation(raw.train_x, raw.train_y, p.data.val_fraction,

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         png = reporting.accuracy_png(
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
             f"{p.dataset}: test accuracy per epoch (T={p.T:g}, alpha={p.alpha:g}, seed={p.seed})")
-        params = {"experiment": experiment, "dataset": p.dataset, "preset": p.raw["preset"],
+        params = {"experiment": experiment, "dataset": p.dataset, "preset": p.preset,
                   "T": p.T, "alpha": p.alpha, "seed": p.seed,
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}

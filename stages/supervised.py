@@ -21,18 +21,18 @@ def main(role: str, doc: str, argv: list[str] | None = None) -> None:
     cli.model_outputs(ap, role)
     args = ap.parse_args(argv)
     p = cli.params_or_exit(args.params)
-    net, train = getattr(p, f"{role}_model"), getattr(p, role)
+    cfg = getattr(p, role)  # the role's section: the network's knobs, then the training's
 
     with cli.friendly_errors(), distributed.session():
         torch.manual_seed(p.seed)
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(device.pick())
-        arch = resolve_arch(net.arch, p.dataset, role)
-        model = training.build_model(arch, net, ds)
-        training.announce(role, arch, model, ds, train)
+        arch = resolve_arch(cfg.arch, p.dataset, role)
+        model = training.build_model(arch, cfg, ds)
+        training.announce(role, arch, model, ds, cfg)
         out = training.Outputs(args.model, args.metrics, args.plots)
-        with tracking.stage_run(role, p.dataset, training.run_params(p, arch, net, train)) as run:
-            fit = loop.fit(model, ds, train, seed=p.seed, max_norm=net.max_norm, run=run,
+        with tracking.stage_run(role, p.dataset, training.run_params(p, arch, cfg, cfg)) as run:
+            fit = loop.fit(model, ds, cfg, seed=p.seed, max_norm=cfg.max_norm, run=run,
                            label=role)
             result = training.evaluate(model, ds, fit)
-            training.save(run, role, out, model, arch, net, ds, result, fit.history)
+            training.save(run, role, out, model, arch, cfg, ds, result, fit.history)
         training.conclude(role, result, fit)

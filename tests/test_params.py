@@ -134,8 +134,8 @@ def test_preset_is_a_name_only_the_values_in_the_file_run():
     raw = tiny_params()
     raw.update(dataset="mnist", preset="hinton-mnist")
     p = validate(raw)
-    assert p.teacher_model.arch == "auto" and p.teacher.epochs == raw["teacher"]["epochs"]
-    assert p.raw == raw
+    assert p.teacher.arch == "auto" and p.teacher.epochs == raw["teacher"]["epochs"]
+    assert p.preset == "hinton-mnist"
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -42,7 +42,7 @@ def test_each_dataset_spells_out_its_architectures(tmp_path):
     for ds in DATASETS:
         p = validate(yaml.safe_load(compose(tmp_path, f"dataset={ds}")))
         assert p.dataset == ds
-        assert (p.teacher_model.arch, p.student_model.arch) == AUTO_ARCH[ds]
+        assert (p.teacher.arch, p.student.arch) == AUTO_ARCH[ds]
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
