@@ -11,7 +11,7 @@ fmnist=$(cd "$1" && pwd)
 cifar_epochs=${2:-30}
 cifar_images=${3:-10000}
 py=${PYTHON:-python3}
-export KD_TRACKING=off PYTHONUNBUFFERED=1 PYTHONPATH="$repo"
+export KD_TRACKING=off PYTHONUNBUFFERED=1 PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"  # keep a carried one
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
