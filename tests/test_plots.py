@@ -101,7 +101,7 @@ def test_plot_data_are_cached_outs_not_stage_plots():
     assert not [name for name, stage in dvc_yaml["stages"].items() if "plots" in stage]
     outs = [entry for stage in dvc_yaml["stages"].values() for entry in stage.get("outs", [])]
     used = {path for p in dvc_yaml["plots"] for path in next(iter(p.values()))["y"]}
-    assert used <= set(filter(lambda entry: isinstance(entry, str), outs))  # no `cache: false`
+    assert used <= {entry for entry in outs if isinstance(entry, str)}  # no `cache: false`
 
 
 def test_show_writes_a_self_contained_page_of_the_defined_plots_only(repo):
