@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kd import distributed
+from kd import distributed, numerics
 from kd.errors import PipelineError
 from kd.params import Params, ParamsError, load
 
@@ -64,10 +64,16 @@ def model_outputs(ap: argparse.ArgumentParser, name: str) -> None:
 
 
 def params_or_exit(path: str) -> Params:
+    """The validated params, with their numerics in force (kd/numerics.py); else one line and
+    exit status 2."""
     try:
         p = load(path)
+        numerics.apply(p.numerics)
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)  # the message starts with the file's name
+        raise SystemExit(2) from None
+    except numerics.NumericsError as e:
+        print(f"error: {path}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return p
 

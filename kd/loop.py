@@ -69,6 +69,7 @@ class Fit:
     history: list[dict[str, float]]
     best_epoch: int
     train_seconds: float
+    threads: int  # torch's CPU threads while it trained (the bits do not depend on it)
 
 
 @torch.no_grad()
@@ -163,7 +164,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
     best_acc, best_state, best_epoch = -1.0, None, 0
     t_start = time.perf_counter()
     tty = sys.stderr.isatty()
-    with resources.computing():  # this process's share of the cores while it trains
+    with resources.computing() as threads:  # this process's share of the cores while it trains
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             t0 = time.perf_counter()
@@ -216,4 +217,4 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
                         f"{row['samples_per_s']:,.0f} samples/s  {train_seconds:.1f}s  "
                         f"~{left:.0f}s left")
     model.load_state_dict(best_state)
-    return Fit(history, best_epoch, time.perf_counter() - t_start)
+    return Fit(history, best_epoch, time.perf_counter() - t_start, threads)

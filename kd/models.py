@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kd import numerics
 from kd.archs import ARCH_HELP, parse_arch
+from kd.conv import Conv2d
 from kd.data import normalize
 
 
@@ -39,13 +41,13 @@ class CNN(nn.Module):
     """Per entry of `channels`: conv3x3 -> BN -> ReLU -> maxpool2; then dropout -> 256 -> classes."""
 
     def __init__(self, in_shape: tuple[int, int, int], channels: tuple[int, ...], classes: int,
-                 dropout: float = 0.0, memory_format: torch.memory_format = torch.channels_last):
+                 dropout: float = 0.0, memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.memory_format = memory_format
         c, h, w = in_shape
         blocks: list[nn.Module] = []
         for out in channels:
-            blocks += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+            blocks += [Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         self.features = nn.Sequential(*blocks)
@@ -60,13 +62,13 @@ class CNN(nn.Module):
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.skip = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+            self.skip = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False),
                                       nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,24 +80,32 @@ class ResNet(nn.Module):
     """CIFAR ResNet with (depth-2)/6 basic blocks per stage and 4x widths (RepDistiller's 'x4')."""
 
     def __init__(self, in_channels: int, depth: int, classes: int,
-                 memory_format: torch.memory_format = torch.channels_last):
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.memory_format = memory_format
         n = (depth - 2) // 6
         widths = (32, 64, 128, 256)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+        layers: list[nn.Module] = [Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
                                    nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
         cin = widths[0]
         for i, cout in enumerate(widths[1:]):
             for j in range(n):
                 layers.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
                 cin = cout
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [GlobalAvgPool()]
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x.contiguous(memory_format=self.memory_format)))
+
+
+class GlobalAvgPool(nn.Module):
+    """(N, C, H, W) -> (N, C), the mean over each map. Not nn.AdaptiveAvgPool2d(1): its CUDA
+    backward adds with atomics, which deterministic algorithms refuse; a mean's backward does not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
 
 
 class Servable(nn.Module):
@@ -115,14 +125,16 @@ class Servable(nn.Module):
 
 def build(arch: str, in_shape: tuple[int, int, int], classes: int,
           input_dropout: float = 0.0, dropout: float = 0.0,
-          memory_format: torch.memory_format = torch.channels_last) -> nn.Module:
+          memory_format: torch.memory_format | None = None) -> nn.Module:
     """Build a model from a resolved architecture string (not `auto`).
 
-    Convolutional nets run channels-last (NHWC) by default, weights and activations alike (their
-    forward converts the input): oneDNN's CPU convolutions take 1.2-1.3x less time per training
-    step of the default teacher than on NCHW (benchmarks/throughput.py measures both), and the
-    GPU's tensor-core kernels prefer NHWC too. The same model; only the float rounding differs.
+    Convolutional nets run NCHW under portable numerics: ATen's channels-last BatchNorm splits
+    its sums by thread (kd/numerics.py). Under native numerics they run channels-last (NHWC),
+    weights and activations alike (their forward converts the input), which oneDNN's CPU
+    convolutions and the GPU's tensor cores prefer. The same model; only the rounding differs.
     """
+    if memory_format is None:
+        memory_format = torch.contiguous_format if numerics.portable() else torch.channels_last
     parsed = parse_arch(arch)
     if parsed is None:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {ARCH_HELP}")

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from kd.archs import ARCH_HELP, parse_arch, resolve_arch
 from kd.errors import PipelineError
+from kd.numerics import MODES
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits")
 NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10}
@@ -119,6 +120,8 @@ class Params:
     # dvc.yaml runs `${launch} -m stages.<name>`
     launch: Value(str, "python or a torchrun command such as 'torchrun --standalone --nproc-per-node 2'",
                   pattern=r"^\s*(python3?|torchrun)(\s|$)")
+    # what may move a result's bits besides params, code and data (kd/numerics.py)
+    numerics: Value(Literal[MODES], f"one of {', '.join(MODES)}")
     data: Data
     teacher: Net
     student: Net

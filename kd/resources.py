@@ -10,10 +10,9 @@ inside a queued experiment's copy (see kd/tracking.py), counts the slots other p
 starts computing and kept for the stage (a count that changed mid-run would make its rounding
 depend on when a neighbour started). `OMP_NUM_THREADS`, when set, is respected as is.
 
-Reproducibility: torch's CPU kernels split their sums by thread, so the last digits of a result
-depend on the thread count. Same params, seed and thread count give the same metrics bit for bit;
-a stage run alone always gets every core, as before. To rerun a queued experiment bit for bit
-beside others, pin the count with `OMP_NUM_THREADS`.
+The thread count changes no result under portable numerics (kd/numerics.py: pinned dispatch,
+MKL's strict mode, NCHW, convolution weight gradients on one thread), so a stage may take
+whatever share it gets. Under native numerics it does change the last bits.
 
 Memory. glibc keeps freed blocks for reuse, and after the first large free it raises its
 mmap threshold to 32 MiB and its trim threshold to twice that, per arena; torch's worker

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from kd import distributed, io
+from kd import distributed, io, numerics
 from kd.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -385,9 +385,10 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
     try:
         with run:  # ends the run FINISHED, or FAILED when the stage raised
             with _store_errors():
+                # what the run computed under goes with every stage's params (kd/numerics.py)
                 mlflow.log_params({k: "none" if v is None else
                                    str(list(v) if isinstance(v, tuple) else v)
-                                   for k, v in params.items()})
+                                   for k, v in {**params, **numerics.settings()}.items()})
             yield StageRun(mlflow, run.info.run_id)
     finally:
         tempfile.tempdir = None

@@ -98,7 +98,7 @@ def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:
     per_class = metrics.per_class_errors(test_logits, data.test.y, data.num_classes)
     details = {"test_loss": test["test_loss"], "val_loss": val["val_loss"],
                "val_errors": val["val_errors"], "params": models.count_params(model),
-               "train_seconds": fit.train_seconds,
+               "train_seconds": fit.train_seconds, "threads": fit.threads,
                "samples_per_s": sum(h["samples_per_s"] for h in fit.history) / len(fit.history),
                **{f"test_errors_class_{c}": n for c, n in enumerate(per_class)}}
     return Result(summary, details, test_logits)

@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kd import numerics
+
+# Before torch computes anything in this process: the tests run under portable numerics, as the
+# stages do (stages/__init__.py), whatever the working copy's params.yaml says.
+numerics.set_portable_env()
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,22 +29,13 @@ def tiny_params() -> dict:
     """A complete, valid params mapping that trains in a second on digits."""
     return copy.deepcopy({
         "dataset": "digits", "preset": "none", "seed": 0, "T": 4, "alpha": 0.9,
-        "launch": "python",
+        "launch": "python", "numerics": "portable",
         "data": {"root": None, "val_fraction": 0.1, "split_seed": 0},
         "teacher": {**TINY_MODEL, **TINY_TRAIN},
         "student": {**TINY_MODEL, **TINY_TRAIN},
         "distill": {**TINY_TRAIN, "omit_classes": [], "keep_classes": [], "fraction": 1.0,
                     "bias_correction": "auto"},
     })
-
-
-@pytest.fixture
-def fixed_threads(monkeypatch):
-    """Runs compared bit for bit need the same thread count (kd/resources.py): pin it, as another
-    test process computing beside this one would otherwise halve it for one of the runs."""
-    import torch
-
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def write_params(folder: Path, params: dict) -> Path:

@@ -181,7 +181,7 @@ def test_bad_params_exit_2_and_change_nothing(changes, stage, message, project, 
     assert message in fails_cleanly(stage.main, [], project, capsys, code=2)
 
 
-def test_identical_runs_write_identical_files_and_the_run_is_found_by_them(project, fixed_threads):
+def test_identical_runs_write_identical_files_and_the_run_is_found_by_them(project):
     outputs = [project / p for p in ("model/teacher.pt", "metrics/teacher.json",
                                      "plots/teacher.csv")]
     before = [p.read_bytes() for p in outputs]

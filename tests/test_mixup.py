@@ -85,8 +85,7 @@ def test_function_matching_never_reads_a_label():
         distillation_loss(s, t, bad, 4.0, 0.9)
 
 
-def test_function_matching_trains_the_same_on_an_unlabelled_transfer_set(workdir, monkeypatch,
-                                                                        fixed_threads):
+def test_function_matching_trains_the_same_on_an_unlabelled_transfer_set(workdir, monkeypatch):
     """alpha = 1 with mixup on digits: labels set to -1 give the very same student."""
     monkeypatch.setenv("KD_TRACKING", "off")
     raw = tiny_params()

@@ -208,7 +208,7 @@ def test_report_states_the_metrics_files_numbers(pipeline):
     assert "Experiment `smoke-exp`" in md
 
 
-def test_same_params_and_seed_give_the_same_metrics(workdir, mlflow_store, fixed_threads):
+def test_same_params_and_seed_give_the_same_metrics(workdir, mlflow_store):
     run_stage("download")
     results = []
     for out in ("a", "b"):

@@ -1,0 +1,216 @@
+"""Same params, seed, code and data give the same bytes, whatever the thread count or the CPU's
+instruction set (kd/numerics.py, kd/conv.py).
+
+The layer tests run in this process (conftest.py pins portable numerics before torch loads); the
+stage tests start each stage as a fresh process, as DVC does, under 1, 2 and 4 threads and with
+every library's dispatch capped at AVX2 from outside (what an AVX2-only CPU runs), and compare
+every file the stages write, byte for byte.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from kd import numerics
+from kd.conv import Conv2d
+from tests.conftest import ROOT, run_stage, tiny_params, write_params
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+# An AVX2-only machine, as far as MKL, oneDNN and ATen can tell.
+AVX2_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "ATEN_CPU_CAPABILITY": "avx2"}
+# What DVC compares and the report reads: every output of the computing stages.
+OUTPUTS = ("model/teacher.pt", "model/student.pt", "model/soft_targets.pt", "model/distilled.pt",
+           "metrics/teacher.json", "metrics/student.json", "metrics/distilled.json",
+           "plots/teacher.csv", "plots/student.csv", "plots/distilled.csv")
+
+
+def grads(conv: nn.Conv2d, x: torch.Tensor, threads: int) -> list[bytes]:
+    """The bytes of one forward and backward pass's output and gradients at `threads` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        conv.zero_grad()
+        x = x.detach().requires_grad_()
+        y = conv(x)
+        y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+        return [t.numpy().tobytes() for t in (y.detach(), x.grad, conv.weight.grad)]
+    finally:
+        torch.set_num_threads(before)
+
+
+def layer(cls, cin: int, cout: int, **kw) -> nn.Conv2d:
+    torch.manual_seed(0)
+    return cls(cin, cout, 3, padding=1, bias=False, **kw)
+
+
+@pytest.mark.parametrize("cin,cout,side,stride", [(1, 32, 28, 1), (32, 64, 14, 1), (16, 32, 16, 2)])
+def test_the_convolution_gradients_are_the_same_bytes_at_any_thread_count(cin, cout, side, stride):
+    conv = layer(Conv2d, cin, cout, stride=stride)
+    x = torch.randn(64, cin, side, side, generator=torch.Generator().manual_seed(1))
+    one = grads(conv, x, 1)
+    for threads in (2, 3, 4, 8, 16):
+        assert grads(conv, x, threads) == one, threads
+
+
+@pytest.mark.parametrize("arch,in_shape", [("cnn:32-64", (1, 28, 28)), ("resnet8x4", (3, 32, 32)),
+                                           ("mlp:800-800", (1, 28, 28))])
+def test_a_training_step_of_each_net_is_the_same_bytes_at_any_thread_count(arch, in_shape):
+    """Every layer kind the models use (strided and 1x1 convolutions, BatchNorm, pooling,
+    dropout, Linear), forward and backward, through the loss."""
+    from kd.models import build
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, *in_shape, generator=g), torch.randint(0, 10, (32,), generator=g)
+
+    def step(threads: int) -> list[bytes]:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        net = build(arch, in_shape, 10, dropout=0.3)
+        nn.functional.cross_entropy(net(x), y).backward()
+        return [p.grad.contiguous().numpy().tobytes() for p in net.parameters()]
+
+    before = torch.get_num_threads()
+    try:
+        one = step(1)
+        for threads in (2, 3, 8):
+            assert step(threads) == one, threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_fixed_order_layer_computes_what_nn_conv2d_computes():
+    x = torch.randn(16, 8, 12, 12, generator=torch.Generator().manual_seed(1))
+    for kw in ({"stride": 2}, {"bias": True}, {"groups": 2}):
+        torch.manual_seed(0)
+        ours = Conv2d(8, 16, 3, padding=1, **{"bias": False, **kw})
+        torch.manual_seed(0)
+        plain = nn.Conv2d(8, 16, 3, padding=1, **{"bias": False, **kw})
+        a, b = ours(x.clone().requires_grad_()), plain(x.clone().requires_grad_())
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same forward kernel
+        a.square().sum().backward()
+        b.square().sum().backward()
+        for p, q in zip(ours.parameters(), plain.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_why_the_layer_exists_onednn_splits_the_weight_gradient_by_thread():
+    """The canary: if a torch or oneDNN upgrade makes every count give equal bytes, kd/conv.py
+    can go. The default teacher's first layer, as nn.Conv2d computes it."""
+    conv = layer(nn.Conv2d, 1, 32)
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    one = grads(conv, x, 1)
+    others = [grads(conv, x, threads) for threads in (3, 8, 16)]
+    assert all(o[:2] == one[:2] for o in others)  # forward, input gradient: fixed sums
+    assert any(o[2] != one[2] for o in others)  # the weight gradient: split by thread
+
+
+def test_portable_numerics_refuse_a_process_where_torch_could_not_see_the_pins(monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    with pytest.raises(numerics.NumericsError, match="MKL_CBWR=AUTO"):
+        numerics.apply("portable")
+
+
+def test_a_stage_reads_its_numerics_from_the_params_file_it_was_given(tmp_path, monkeypatch):
+    for key in numerics.PORTABLE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    raw = tiny_params()
+    raw["numerics"] = "native"
+    path = write_params(tmp_path, raw)
+    assert numerics.prepare(["--params", str(path)]) == "native"
+    assert not any(k in os.environ for k in numerics.PORTABLE_ENV)
+    monkeypatch.chdir(tmp_path)
+    assert numerics.prepare([]) == "native"  # params.yaml of the working directory
+    assert numerics.prepare(["--params=missing.yaml"]) == "portable"
+    assert all(os.environ[k] == v for k, v in numerics.PORTABLE_ENV.items())
+
+
+def test_every_stage_run_records_its_numerics(tmp_path, monkeypatch, mlflow_store):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params())
+    run_stage("download")
+    run_stage("teacher")
+    mlflow.set_tracking_uri(mlflow_store)
+    (run,) = mlflow.search_runs(experiment_names=["knowledge-distillation"], output_format="list",
+                                filter_string="attributes.run_name = 'teacher'")
+    p = run.data.params
+    assert p["numerics"] == "portable" and p["cpu_capability"] == "AVX2"
+    assert p["mkl_cbwr"] == "AVX2,STRICT" and p["onednn_max_cpu_isa"] == "AVX2"
+    assert run.data.metrics["threads"] >= 1
+
+
+# --- whole stages as processes -------------------------------------------------------------------
+
+
+def digest(folder: Path, rels) -> dict[str, str]:
+    return {rel: hashlib.sha256((folder / rel).read_bytes()).hexdigest()[:16] for rel in rels}
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (*numerics.PORTABLE_ENV, *AVX2_CAPS)}
+    env.update(PYTHONPATH=str(ROOT), KD_TRACKING="off", **extra)
+    return env
+
+
+def run_stages(folder: Path, stages, **env: str) -> None:
+    for stage in stages:
+        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=folder,
+                              env=stage_env(**env), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{stage} under {env}:\n{proc.stdout}\n{proc.stderr}"
+
+
+SETTINGS = {"1 thread": {"OMP_NUM_THREADS": "1"}, "2 threads": {"OMP_NUM_THREADS": "2"},
+            "4 threads": {"OMP_NUM_THREADS": "4"}, "AVX2 caps": AVX2_CAPS}
+
+
+def outputs_under_each_setting(tmp_path: Path, raw: dict, stages, rels) -> dict[str, dict]:
+    """Download once, then run `stages` in a copy of the folder per setting; the outputs' hashes."""
+    base = tmp_path / "base"
+    base.mkdir()
+    write_params(base, raw)
+    run_stages(base, ["download"])
+    found = {}
+    for name, env in SETTINGS.items():
+        folder = tmp_path / name.replace(" ", "-")
+        shutil.copytree(base, folder)
+        run_stages(folder, stages, **env)
+        found[name] = digest(folder, rels)
+    return found
+
+
+@pytest.mark.slow
+def test_digits_pipeline_writes_the_same_bytes_at_1_2_4_threads_and_under_avx2_caps(tmp_path):
+    raw = tiny_params()
+    raw["teacher"].update(arch="cnn:8-16", dropout=0.3)  # convolutions, BatchNorm and dropout
+    found = outputs_under_each_setting(tmp_path, raw, ("teacher", "student", "soft_targets",
+                                                       "distill"), OUTPUTS)
+    first = found["1 thread"]
+    for name, hashes in found.items():
+        assert hashes == first, name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+def test_fashion_mnist_cnn_teacher_writes_the_same_bytes_at_1_2_4_threads_and_under_avx2_caps(
+        tmp_path):
+    """The default teacher (cnn:32-64, dropout 0.3) for one epoch on half the real training set."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw.update(dataset="fashion-mnist", preset="none", numerics="portable")
+    raw["data"].update(root=str(FASHION), val_fraction=0.5)
+    raw["teacher"].update(arch="cnn:32-64", epochs=1)
+    found = outputs_under_each_setting(tmp_path, raw, ("teacher",),
+                                       ("model/teacher.pt", "metrics/teacher.json",
+                                        "plots/teacher.csv"))
+    first = found["1 thread"]
+    for name, hashes in found.items():
+        assert hashes == first, name
