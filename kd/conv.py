@@ -9,9 +9,9 @@ gradient of an unstrided convolution; a strided one's has (oneDNN's brgconv_stri
 
 Under portable numerics (kd/numerics.py) this layer's backward therefore computes the weight (and
 bias) gradient, and a strided layer's input gradient, on one thread, whose summation order is the
-same on every machine; an unstrided layer's input gradient on every thread. On the GPU, under `native` numerics, and wherever no gradient
-is wanted (evaluation, serving), it is exactly nn.Conv2d. The module's parameters and state_dict
-are nn.Conv2d's, so checkpoints load into either.
+same on every machine; an unstrided layer's input gradient on every thread. On the GPU, under
+`native` numerics, and wherever no gradient is wanted (evaluation, serving), it is exactly
+nn.Conv2d. Its parameters and state_dict are nn.Conv2d's, so checkpoints load into either.
 """
 
 from __future__ import annotations
