@@ -9,7 +9,7 @@ on the whole batch at once, with no per-sample Python, no PIL and no DataLoader 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Dataset:
     classes: tuple[str, ...]
     mean: torch.Tensor  # float (C,), of train pixels scaled to [0, 1]
     std: torch.Tensor
+    split: dict = field(default_factory=dict)  # how val was cut from train: split_seed, val_fraction
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -48,10 +49,14 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def lineage(self) -> dict:
+        """Which rows each split holds: the dataset and how validation was cut from train."""
+        return {"dataset": self.name, **self.split}
+
     def to(self, device: torch.device) -> Dataset:
         move = lambda s: Split(s.x.to(device), s.y.to(device))  # noqa: E731
         return Dataset(self.name, move(self.train), move(self.val), move(self.test), self.classes,
-                       self.mean.to(device), self.std.to(device))
+                       self.mean.to(device), self.std.to(device), self.split)
 
 
 def stratified_sample(labels: torch.Tensor, fraction: float, seed: int,
@@ -114,7 +119,8 @@ def load(folder: Path) -> Dataset:
         d = load_torch(path.parent / f"{s}.pt", required=("x", "y"), what="prepared split")
         splits[s] = Split(d["x"], d["y"])
     return Dataset(meta["dataset"], splits["train"], splits["val"], splits["test"],
-                   tuple(meta["classes"]), torch.tensor(meta["mean"]), torch.tensor(meta["std"]))
+                   tuple(meta["classes"]), torch.tensor(meta["mean"]), torch.tensor(meta["std"]),
+                   meta.get("split", {}))
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

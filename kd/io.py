@@ -13,6 +13,7 @@ the target, never the temporary.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io as _io
 import json
 import os
@@ -167,6 +168,12 @@ def load_json(path: str | Path, what: str = "JSON file") -> dict:
     if not isinstance(obj, dict):
         raise UnreadableFile(f"{path}: not a {what} (a JSON object was expected)")
     return obj
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex: what names a checkpoint across runs and stages."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def torch_bytes(obj) -> bytes:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 import fcntl
 import functools
-import hashlib
 import logging
 import os
 import shutil
@@ -210,11 +209,6 @@ def _staging_dir() -> Path:
     return mine
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _tracking() -> bool:
     """Whether this process talks to MLflow: not with KD_TRACKING=off, and under torchrun only
     rank 0 does (one run per stage)."""
@@ -235,7 +229,7 @@ def run_of(checkpoint: Path) -> str | None:
             return None
         runs = mlflow.MlflowClient().search_runs(
             [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-            filter_string=(f"tags.`{CHECKPOINT_TAG}` = '{file_sha256(checkpoint)}' "
+            filter_string=(f"tags.`{CHECKPOINT_TAG}` = '{io.file_sha256(checkpoint)}' "
                            "and attributes.status = 'FINISHED'"))
     return runs[0].info.run_id if runs else None
 

@@ -28,6 +28,18 @@ from kd.archs import resolve_arch
 from kd.errors import PipelineError
 
 
+def check_lineage(soft: dict, path: Path, teacher: Path, ds: data.Dataset) -> None:
+    """Cached logits are only the teacher's for the rows they were computed on, by the checkpoint
+    that computed them: refuse any other pairing."""
+    if soft["split"] != ds.lineage() or len(soft["train"]) != len(ds.train):
+        raise PipelineError(f"{path}: soft targets were computed on another split "
+                            f"({soft['split']}, not {ds.lineage()}); run the soft_targets stage")
+    made_by = soft["teacher_sha256"]
+    if made_by != io.file_sha256(teacher):
+        raise PipelineError(f"{path}: soft targets were made by another teacher checkpoint "
+                            f"(sha256 {made_by[:12]}..., not {teacher}'s); run the soft_targets stage")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.data_option(ap)
@@ -42,11 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(p.seed)
         dev = device.pick()
         ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
-        soft = io.load_torch(args.soft_targets, ("train", "val", "test", "dataset"),
+        soft = io.load_torch(args.soft_targets, ("train", "val", "test", "dataset",
+                                                 "teacher_sha256", "split"),
                              "soft-targets file", map_location=dev)
-        if soft["dataset"] != p.dataset or len(soft["train"]) != len(ds.train):
-            raise PipelineError(f"{args.soft_targets}: soft targets are for another dataset "
-                                f"({soft['dataset']}); run the soft_targets stage first")
+        check_lineage(soft, args.soft_targets, args.teacher, ds)
         # The transfer set: all of train by default, or the paper's omitted/kept classes, fraction.
         t = p.distill
         subset = transfer.transfer_indices(ds.train.y, t.omit_classes, t.keep_classes, t.fraction,

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
                                                p.data.split_seed)
         test = data.Split(raw.test_x, raw.test_y)
         data.save(out, p.dataset, train, val, test, raw.classes,
-                  {"source": raw.source, "checksums": raw.checksums})
+                  {"source": raw.source, "checksums": raw.checksums,
+                   "split": {"split_seed": p.data.split_seed, "val_fraction": p.data.val_fraction}})
         seconds = time.perf_counter() - t0
         run.log_summary({"train_images": len(train), "val_images": len(val),
                          "test_images": len(test), "seconds": seconds})

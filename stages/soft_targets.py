@@ -4,8 +4,10 @@ The logits are stored raw (before any temperature): T is applied at distillation
 T never re-runs the teacher. The teacher runs in eval mode under no_grad (dropout off), on the
 un-augmented images, so the cache is exact for a student that also sees un-augmented images.
 
-Reads params: dataset. Writes model/soft_targets.pt ({train, val, test} float32 logits and the
-dataset's name) and one MLflow run, tagged with the teacher's run id. Run: python -m stages.soft_targets
+Reads params: dataset. Writes model/soft_targets.pt ({train, val, test} float32 logits, and
+their lineage: the SHA-256 of the teacher checkpoint that made them and the split they were
+computed on, which the distill stage checks) and one MLflow run, tagged with the teacher's run
+id. Run: python -m stages.soft_targets
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
                        **metrics.scores(logits["test"], ds.test.y, "test")}
             run.log_summary(summary)  # MLflow first: a failure there leaves the old file
             if distributed.is_main():
-                io.save_torch(args.out, {**logits, "dataset": p.dataset})
+                io.save_torch(args.out, {**logits, "dataset": p.dataset,
+                                         "teacher_sha256": io.file_sha256(args.teacher),
+                                         "split": ds.lineage()})
     print(f"soft_targets: {n:,} images through the teacher in {seconds:.1f}s; teacher transfer-set "
           f"accuracy {summary['transfer_acc']:.4f} -> {args.out}")
 

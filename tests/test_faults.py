@@ -89,12 +89,28 @@ def zero_byte_checkpoint(project, monkeypatch, request):
 
 def checkpoint_where_soft_targets_belong(project, monkeypatch, request):
     shutil.copy(project / "model/teacher.pt", project / "model/soft_targets.pt")
-    return distill, "model/soft_targets.pt: not a soft-targets file (no train, val, test)"
+    return distill, "model/soft_targets.pt: not a soft-targets file (no train, val, test, teacher_sha256"
 
 
 def soft_targets_where_a_checkpoint_belongs(project, monkeypatch, request):
     shutil.copy(project / "model/soft_targets.pt", project / "model/teacher.pt")
     return soft_targets, "model/teacher.pt: not a model checkpoint (no arch, in_shape"
+
+
+def soft_targets_of_another_teacher(project, monkeypatch, request):
+    # A valid teacher checkpoint, but not the one that computed the cached logits.
+    ckpt = torch.load(project / "model/teacher.pt", weights_only=True)
+    next(iter(ckpt["state_dict"].values())).add_(1.0)
+    torch.save(ckpt, project / "model/teacher.pt")
+    return distill, "model/soft_targets.pt: soft targets were made by another teacher checkpoint"
+
+
+def soft_targets_of_another_split(project, monkeypatch, request):
+    # The data re-cut with another split_seed: same sizes, other rows in train and val.
+    set_params(project, data__split_seed=1)
+    run_stage("download")
+    set_params(project)
+    return distill, "model/soft_targets.pt: soft targets were computed on another split"
 
 
 def pickle_payload_despite_env(project, monkeypatch, request):
@@ -150,7 +166,8 @@ def read_only_mlflow_store(project, monkeypatch, request):
 
 
 FAULTS = [truncated_checkpoint, zero_byte_checkpoint, checkpoint_where_soft_targets_belong,
-          soft_targets_where_a_checkpoint_belongs, pickle_payload_despite_env,
+          soft_targets_where_a_checkpoint_belongs, soft_targets_of_another_teacher,
+          soft_targets_of_another_split, pickle_payload_despite_env,
           corrupt_metrics_file, mangled_history_csv, model_folder_is_a_file,
           metrics_folder_is_a_file, disk_full_on_the_metrics_file, read_only_mlflow_store]
 

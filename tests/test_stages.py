@@ -1,5 +1,6 @@
 """Each stage's main() on digits in a temp folder, recorded in a temporary MLflow store."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def test_every_output_is_written(pipeline):
                 "report/accuracy.png"):
         assert (folder / rel).is_file(), rel
     assert (folder / "report/accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soft_targets_record_the_teacher_and_the_split_they_came_from(pipeline):
+    folder, _ = pipeline
+    soft = torch.load(folder / "model/soft_targets.pt", weights_only=True)
+    teacher = hashlib.sha256((folder / "model/teacher.pt").read_bytes()).hexdigest()
+    assert soft["teacher_sha256"] == teacher
+    assert soft["split"] == {"dataset": "digits", "split_seed": 0, "val_fraction": 0.1}
 
 
 def test_metrics_files_hold_the_compared_values_recomputable_from_the_checkpoints(pipeline):
