@@ -36,6 +36,7 @@ class Row:
     distilled_acc: float
     distilled_errors: int
     agreement: float | None
+    distilled_val_acc: float | None  # what settings are chosen on; None in older experiments
     # Every other param ("distill.epochs"): rows that differ here are not seeds of one setting.
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -60,6 +61,7 @@ class Group:
     gain: Stat  # distilled minus student baseline accuracy, paired by experiment
     teacher_acc: Stat
     student_acc: Stat
+    distilled_val_acc: Stat | None  # None when a row has no validation accuracy
 
 
 class _Skip(Exception):
@@ -104,7 +106,8 @@ def _row(name: str, rec: dict, workspace: dict[str, Any]) -> Row:
         raise _Skip(f"params.yaml has no {', '.join(missing)}")
     return Row(name, rec["rev"], str(rec["dataset"]), float(rec["T"]), float(rec["alpha"]),
                int(rec["seed"]), *(score for m in MODELS for score in _scores(rec, m)),
-               float(a) if isinstance(a := _metric(rec, "distilled", "agreement"), int | float) else None,
+               _number(_metric(rec, "distilled", "agreement")),
+               _number(_metric(rec, "distilled", "val_acc")),
                {k: _value(rec.get(k), like) for k, like in workspace.items()})
 
 
@@ -113,6 +116,10 @@ def _metric(rec: dict, model: str, key: str) -> Any:
     # not at the repository root); a name one file alone holds (agreement: distilled) stays bare.
     found = [v for k, v in rec.items() if f"/{k}".endswith(f"/metrics/{model}.json:{key}")]
     return found[0] if found else rec.get(key) if model == "distilled" else None
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) else None  # None, or "!": unreadable
 
 
 def _scores(rec: dict, model: str) -> tuple[float, int]:
@@ -148,8 +155,24 @@ def aggregate(rows: list[Row]) -> list[Group]:
     return [Group(d, label, a, t, tuple(sorted(r.seed for r in rs)),
                   stat(r.distilled_acc for r in rs), stat(r.distilled_errors for r in rs),
                   stat(r.distilled_acc - r.student_acc for r in rs),
-                  stat(r.teacher_acc for r in rs), stat(r.student_acc for r in rs))
+                  stat(r.teacher_acc for r in rs), stat(r.student_acc for r in rs),
+                  None if any(r.distilled_val_acc is None for r in rs)
+                  else stat(r.distilled_val_acc for r in rs))
             for (d, label, a, t), rs in sorted(by_key.items())]
+
+
+def chosen_on_validation(groups: list[Group]) -> list[Group]:
+    """Per dataset and setting, the alpha and T whose distilled student has the highest mean
+    validation accuracy over seeds (the first in sort order on a tie). The test split plays no
+    part in the choice; its accuracy is what gets reported for it. Settings whose experiments
+    hold no validation accuracy have no choice."""
+    best: dict[tuple[str, str], Group] = {}
+    for g in groups:
+        key = (g.dataset, g.setting)
+        if g.distilled_val_acc is not None and (
+                key not in best or g.distilled_val_acc.mean > best[key].distilled_val_acc.mean):
+            best[key] = g
+    return list(best.values())
 
 
 def settings(rows: list[Row]) -> list[str]:

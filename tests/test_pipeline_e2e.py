@@ -168,7 +168,7 @@ def test_sweep_summarises_the_queued_experiments(repo, tmp_path, capsys):
     assert three_seeds.startswith("| digits | — | 0.9 | 4 | 0, 1, 2 | ") and " ± " in three_seeds
     assert "| digits | — | 0.9 | 2 | 0, 1 | " in md
     assert "| workspace |" not in md
-    assert md.count("| digits |") == 2 + 5  # two settings, five experiments
+    assert md.count("| digits |") == 1 + 2 + 5  # the choice on validation, two settings, five experiments
     assert md in out
     assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
 

@@ -171,8 +171,8 @@ def test_each_setting_has_its_own_teacher_and_student(shown, params):
     assert default["student"] == sweep.Stat(pytest.approx(1 - 62 / 297), 0.0, 1)
     # The table's teacher and student columns are each row's own experiments'.
     md = sweep_cli.markdown(rows)
-    assert '| digits | preset="none" | 0.9 | 1 | 0 | 27.61 | 215 | -51.52 | 79.12 | 78.11 |' in md
-    assert "| digits | — | 0.9 | 1 | 1 | 37.37 | 186 | -39.06 | 76.43 | 82.49 |" in md
+    assert '| digits | preset="none" | 0.9 | 1 | 0 | — | 27.61 | 215 | -51.52 | 79.12 | 78.11 |' in md
+    assert "| digits | — | 0.9 | 1 | 1 | — | 37.37 | 186 | -39.06 | 76.43 | 82.49 |" in md
 
 
 # A fresh interpreter per PYTHONHASHSEED: string hashes, so set order, differ between them.
@@ -208,11 +208,45 @@ def test_output_is_the_same_under_any_hash_seed(shown, params, tmp_path):
 def test_markdown_has_a_line_per_setting_and_per_experiment(shown, params):
     rows, _ = sweep.parse(shown, params)
     md = sweep_cli.markdown(rows, "accuracy_vs_T.png")
-    assert "| digits | — | 0.9 | 1 | 0, 1 | 32.49 ± 6.90 | 200.5 | -41.75 ± 13.81 |" in md
-    assert "| digits | — | 0.5 | 2 | 0 | 64.65 | 105 | -14.48 | 79.12 | 78.11 |" in md
+    assert "| digits | — | 0.9 | 1 | 0, 1 | — | 32.49 ± 6.90 | 200.5 | -41.75 ± 13.81 |" in md
+    assert "| digits | — | 0.5 | 2 | 0 | — | 64.65 | 105 | -14.48 | 79.12 | 78.11 |" in md
     assert "| every-dirk | `1d9a430` | digits | 1 | 0.9 | 0 | 78.11 | 79.12 | 27.61 |" in md
     assert "Warning" not in md and "differ in" not in md and "](accuracy_vs_T.png)" in md
     assert sweep_cli.repeated_seeds(sweep.aggregate(rows)) == []
+
+
+def with_val_acc(shown: list[dict], val: dict[str, float]) -> list[dict]:
+    """The captured rows with metrics/distilled.json:val_acc set (the capture predates it)."""
+    for name, acc in val.items():
+        row(shown, name)["metrics/distilled.json:val_acc"] = acc
+    return shown
+
+
+def test_validation_chooses_the_setting_and_the_test_split_only_reports_it(shown, params):
+    # At alpha 0.9 the test split ranks T = 1 first (200.5 errors over two seeds, T = 2: 227);
+    # validation prefers T = 2.
+    # The workspace repeats dizzy-bish (and is dropped as its double); brash-kegs failed.
+    with_val_acc(shown, {"main": 0.30, "dizzy-bish": 0.50, "workspace": 0.50, "every-dirk": 0.20, "joint-ages": 0.40,
+                         "acerb-mine": 0.35, "muley-seam": 0.35, "tenty-eggs": 0.90})
+    rows, _ = sweep.parse(shown, params)
+    groups = sweep.aggregate(rows)
+    best_test = max((g for g in groups if g.alpha == 0.9), key=lambda g: g.distilled_acc.mean)
+    (chosen,) = sweep.chosen_on_validation(groups)
+    assert (best_test.T, chosen.alpha, chosen.T) == (1.0, 0.5, 2.0)  # tenty-eggs: alpha 0.5
+    assert chosen.distilled_val_acc == sweep.Stat(0.90, 0.0, 1)
+    md = sweep_cli.markdown(rows)
+    assert "| digits | — | 0.5 | 2 | 0 | 90.00 | 64.65 | -14.48 |" in md  # the test acc of the pick
+    row(shown, "tenty-eggs")["metrics/distilled.json:val_acc"] = 0.10
+    rows, _ = sweep.parse(shown, params)
+    (chosen,) = sweep.chosen_on_validation(sweep.aggregate(rows))
+    assert (chosen.alpha, chosen.T) == (0.9, 2.0) and chosen.seeds == (0,)
+    assert "| digits | — | 0.9 | 2 | 0 | 50.00 | 23.57 |" in sweep_cli.markdown(rows)
+
+
+def test_no_choice_without_validation_accuracy(shown, params):
+    rows, _ = sweep.parse(shown, params)
+    assert sweep.chosen_on_validation(sweep.aggregate(rows)) == []
+    assert "No experiment holds a distilled validation accuracy" in sweep_cli.markdown(rows)
 
 
 def test_other_params_make_their_own_setting_never_pooled(shown, params):

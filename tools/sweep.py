@@ -6,9 +6,11 @@ After a sweep such as `dvc exp run --queue -S T=1,2,4,8,20 -S seed=0,1,2` and
     python -m tools.sweep [--out sweep/]
 
 Reads `dvc.api.exp_show()`: params.yaml's dataset, T, alpha and seed and metrics/{teacher,student,
-distilled}.json. Writes <out>/sweep.md (mean ± std over seeds per dataset, setting, alpha and T,
-then one line per experiment) and <out>/accuracy_vs_T.png (a panel per dataset and setting, with
-that setting's own teacher and student), and prints the table. Queued, running and failed
+distilled}.json. Writes <out>/sweep.md (per dataset and setting, the alpha and T chosen on mean
+validation accuracy over seeds with the test accuracy of that choice; then mean ± std over seeds per
+dataset, setting, alpha and T; then one line per experiment) and <out>/accuracy_vs_T.png (a panel
+per dataset and setting, with that setting's own teacher and student, the chosen T starred), and
+prints the table. Queued, running and failed
 experiments are skipped with a note on stderr; the workspace is left out when it repeats an
 experiment, or when `dvc status` says its metrics are out of date with its params or code.
 Exit status 1, with a one-line message, when DVC fails or no experiment has metrics yet.
@@ -29,7 +31,17 @@ from matplotlib.figure import Figure
 
 from kd import io
 from kd.reporting import markdown_table
-from kd.sweep import Group, Row, Stat, aggregate, parse, settings, stat, varying_params
+from kd.sweep import (
+    Group,
+    Row,
+    Stat,
+    aggregate,
+    chosen_on_validation,
+    parse,
+    settings,
+    stat,
+    varying_params,
+)
 
 PLOT = "accuracy_vs_T.png"
 
@@ -86,12 +98,21 @@ def _pct(s: Stat, sign: str = "") -> str:
 def summary_table(groups: list[Group]) -> str:
     """One line per dataset, setting, alpha and T; accuracies in %, mean ± std over seeds."""
     return markdown_table(
-        ["dataset", "setting", "alpha", "T", "seeds", "distilled acc (%)", "distilled errors",
-         "gain over student (points)", "student acc (%)", "teacher acc (%)"],
+        ["dataset", "setting", "alpha", "T", "seeds", "distilled val acc (%)", "distilled acc (%)",
+         "distilled errors", "gain over student (points)", "student acc (%)", "teacher acc (%)"],
         [[g.dataset, g.setting or "—", f"{g.alpha:g}", f"{g.T:g}", ", ".join(map(str, g.seeds)),
-          _pct(g.distilled_acc),
+          "—" if g.distilled_val_acc is None else _pct(g.distilled_val_acc), _pct(g.distilled_acc),
           f"{g.distilled_errors.mean:.1f}" if g.distilled_errors.n > 1 else f"{g.distilled_errors.mean:.0f}",
           _pct(g.gain, "+"), _pct(g.student_acc), _pct(g.teacher_acc)] for g in groups])
+
+
+def chosen_table(chosen: list[Group]) -> str:
+    """Each setting's choice on validation, and what the test split says of that choice."""
+    return markdown_table(
+        ["dataset", "setting", "chosen alpha", "chosen T", "seeds", "distilled val acc (%)",
+         "distilled test acc (%)", "gain over student (points)"],
+        [[g.dataset, g.setting or "—", f"{g.alpha:g}", f"{g.T:g}", ", ".join(map(str, g.seeds)),
+          _pct(g.distilled_val_acc), _pct(g.distilled_acc), _pct(g.gain, "+")] for g in chosen])
 
 
 def experiments_table(rows: list[Row]) -> str:
@@ -112,6 +133,14 @@ def markdown(rows: list[Row], plot_name: str | None = None) -> str:
              f"{len(rows)} finished experiments. Mean ± sample std over seeds where a setting has "
              "several; gain is the distilled minus the student-baseline accuracy of each "
              "experiment.\n",
+             "## Chosen on validation\n",
+             "Per dataset and setting, the alpha and T whose distilled student has the highest mean "
+             "validation accuracy over seeds, and the test accuracy of that choice: the test split "
+             "chooses nothing.\n",
+             chosen_table(chosen_on_validation(groups)) if chosen_on_validation(groups) else
+             "No experiment holds a distilled validation accuracy (metrics/distilled.json: val_acc)."
+             "\n",
+             "## Every setting\n",
              summary_table(groups)]
     if varying := varying_params(rows):
         parts.append(f"Experiments also differ in {', '.join(varying)}: each setting has its own "
@@ -148,6 +177,10 @@ def accuracy_vs_T_plot(rows: list[Row], path: Path) -> None:
             ax.errorbar([g.T for g in line], [100 * g.distilled_acc.mean for g in line],
                         yerr=[100 * g.distilled_acc.std for g in line], marker="o", markersize=4,
                         capsize=3, label=f"distilled, alpha={alpha:g}")
+        for g in chosen_on_validation(mine):
+            ax.plot([g.T], [100 * g.distilled_acc.mean], marker="*", markersize=14, color="gold",
+                    markeredgecolor="black", linestyle="none",
+                    label=f"chosen on validation (T={g.T:g}, alpha={g.alpha:g})")
         temps = sorted({g.T for g in mine})
         # Temperatures are swept geometrically (1, 2, 4, 8, 20): a log axis spaces them evenly.
         ax.set_xscale("log", base=2)
