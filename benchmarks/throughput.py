@@ -4,8 +4,8 @@ the default `dvc repro`, each stage's memory, and several experiments at once, a
 Measures, side by side in one run (ratios are what count on a shared machine):
   1. the default teacher's (cnn:32-64) training step in kd.loop.fit: its FLOP rate over the rate
      the convolution and matrix-multiply kernels of its own layer shapes reach alone (target >=
-     0.6); channels-last (adopted) vs NCHW; SGD(fused=True) and torch.compile (not adopted); the
-     per-epoch evaluation's share of an epoch and its batch size;
+     0.6); as built (NCHW under portable numerics) vs channels-last; SGD(fused=True) and
+     torch.compile (not adopted); the per-epoch evaluation's share of an epoch and its batch size;
   3. what the default `dvc repro` needs at least: the teacher's epochs at the kernel ceiling;
   with --pipeline, in a temporary git copy of the project (digits):
   2. `dvc exp run -S T=4` after a full run, less the distill stage's training (target < 8 s),
@@ -129,8 +129,8 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
     t = loops.role(s, "teacher", resolve_arch(s.params.teacher.arch, "fashion-mnist",
                                               "teacher"))
     ceiling, flops = compute.kernel_ceiling(s, t)
-    fns = {"channels-last": loops.fit_rate(s, t),
-           "NCHW": loops.fit_rate(s, t, lambda: loops.build(s, t, torch.contiguous_format)),
+    fns = {"as built": loops.fit_rate(s, t),
+           "channels-last": loops.fit_rate(s, t, lambda: loops.build(s, t, torch.channels_last)),
            "kernels": ceiling, "opt_ms": compute.optimizer_step_ms(s, t)}
     with contextlib.suppress(RuntimeError, TypeError):  # fused SGD is not on every device
         compute.optimizer_step_ms(s, t, fused=True)(1)
@@ -146,24 +146,25 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
                 compiled["seconds"] = time.perf_counter() - t0
             return compiled["model"]
         fns["torch.compile"] = loops.fit_rate(s, t, make_compiled)
-    progress(f"teacher {t.arch}: kd.loop.fit channels-last / NCHW"
+    progress(f"teacher {t.arch}: kd.loop.fit as built / channels-last"
              f"{'' if args.quick else ' / torch.compile'}, its kernels alone, optimizer.step")
     tr = interleaved(fns, args.batches, args.warmup, args.repeats)
     er = interleaved({f"eval@{b}": compute.eval_seconds(s, t, b) for b in (loop.EVAL_BATCH, 4096)},
                      0, 0, args.repeats)
     med = statistics.median
     kind = "bf16" if s.dev.type == "cuda" else "fp32"
-    achieved = [flops * v / 1e9 for v in tr["channels-last"]]
-    step_ms = 1000 * t.train.batch_size / med(tr["channels-last"])
+    achieved = [flops * v / 1e9 for v in tr["as built"]]
+    step_ms = 1000 * t.train.batch_size / med(tr["as built"])
     n, epochs = len(s.ds.train), load_params(ROOT / "params.yaml").teacher.epochs  # the default run's
-    epoch_s = [n / v for v in tr["channels-last"]]
+    epoch_s = [n / v for v in tr["as built"]]
     rows = [
         ratio_row(f"1. teacher {t.arch} training FLOP rate in kd.loop.fit ({flops / 1e6:.1f} "
                   f"MFLOP a sample) vs its conv + GEMM kernels alone, {kind}, batch "
                   f"{t.train.batch_size}", achieved, [flops * v / 1e9 for v in tr["kernels"]],
                   "GFLOP/s", 0.6),
-        ratio_row("1. teacher training: channels-last (adopted) vs NCHW", tr["channels-last"],
-                  tr["NCHW"], "samples/s"),
+        ratio_row("1. teacher training: as the stages build it (NCHW under portable numerics) vs "
+                  "channels-last (native numerics' format; benchmarks/numerics.py compares the "
+                  "modes)", tr["as built"], tr["channels-last"], "samples/s"),
         Row("1. teacher step: optimizer.step / SGD(fused=True) step (not adopted: the rest of "
             "the step dwarfs it)", f"{med(tr['opt_ms']):.2f} ms of {step_ms:.1f} ms",
             f"{med(tr['fused_opt_ms']):.2f} ms" if "fused_opt_ms" in tr else "unavailable"),
@@ -171,7 +172,7 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
     if compiled:
         rows.append(ratio_row(f"1. teacher training: torch.compile vs as is (not adopted; "
                               f"compiling took {compiled['seconds']:.0f} s)", tr["torch.compile"],
-                              tr["channels-last"], "samples/s"))
+                              tr["as built"], "samples/s"))
     rows += [
         ratio_row(f"1. per-epoch evaluation (val + test, {len(s.ds.val) + len(s.ds.test):,} "
                   "images) / one training epoch", er[f"eval@{loop.EVAL_BATCH}"], epoch_s, "s"),
@@ -180,7 +181,7 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
         Row(f"3. the teacher's {epochs} epochs at its kernel ceiling (nothing but convs and "
             "GEMMs) / as trained now; all of `dvc repro` is to take under 3 min",
             f"{epochs * n / med(tr['kernels']):.0f} s",
-            f"{epochs * n / med(tr['channels-last']):.0f} s"),
+            f"{epochs * n / med(tr['as built']):.0f} s"),
     ]
     return rows
 

@@ -226,8 +226,8 @@ def test_validation_chooses_the_setting_and_the_test_split_only_reports_it(shown
     # At alpha 0.9 the test split ranks T = 1 first (200.5 errors over two seeds, T = 2: 227);
     # validation prefers T = 2.
     # The workspace repeats dizzy-bish (and is dropped as its double); brash-kegs failed.
-    with_val_acc(shown, {"main": 0.30, "dizzy-bish": 0.50, "workspace": 0.50, "every-dirk": 0.20, "joint-ages": 0.40,
-                         "acerb-mine": 0.35, "muley-seam": 0.35, "tenty-eggs": 0.90})
+    with_val_acc(shown, {"main": 0.30, "dizzy-bish": 0.50, "workspace": 0.50, "every-dirk": 0.20,
+                         "joint-ages": 0.40, "acerb-mine": 0.35, "muley-seam": 0.35, "tenty-eggs": 0.90})
     rows, _ = sweep.parse(shown, params)
     groups = sweep.aggregate(rows)
     best_test = max((g for g in groups if g.alpha == 0.9), key=lambda g: g.distilled_acc.mean)

@@ -1,0 +1,133 @@
+"""What reproducible numerics cost: training steps under `numerics: portable` against `native`.
+
+Each contender is its own process, because the kernel libraries read their settings when torch
+first computes (kd/numerics.py):
+  - native: no pins; convolutions channels-last with oneDNN's threaded weight gradients, AVX-512
+    where the CPU has it; bits that depend on the CPU and the thread count;
+  - portable: the default; MKL, oneDNN and ATen pinned to AVX2 (MKL in strict mode), NCHW, and
+    convolution weight gradients on one thread (kd/conv.py);
+  - portable, threaded weight gradients: the pins and NCHW alone, to tell their cost from the
+    one-thread weight gradients' (its convolutions are plain nn.Conv2d: not reproducible across
+    thread counts, measured only to split the cost).
+Each runs kd.loop.fit itself on the default teacher (cnn:32-64) and student (mlp:800-800) with
+params.yaml's batch size, on random 28x28 images (speed does not depend on the pixels). The
+contenders take turns, round by round, and each ratio is the median of the per-round ratios
+(benchmarks/common.py), so a neighbour's load slows every side alike.
+
+Run: python -m benchmarks.numerics [--batches 20] [--repeats 7]; progress on stderr, the machine
+and the table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from benchmarks.common import PYTHON, ROOT, Row, machine_lines, progress, ratio_row, table
+from kd.numerics import CUDA_ENV, PORTABLE_ENV
+
+CONTENDERS = ("native", "portable", "portable-threaded-wgrad")
+ROLES = {"teacher": "cnn:32-64", "student": "mlp:800-800"}
+TARGET = 1.10  # the portable step may take at most 10% longer than the native one
+
+
+def child(mode: str) -> None:
+    """Serve `<role> <batches>` lines from stdin: ms per training batch, one line each."""
+    import torch
+
+    from benchmarks import loops
+    from kd import conv, data, device, numerics
+    from kd.params import load
+
+    numerics.apply("native" if mode == "native" else "portable")
+    if mode == "portable-threaded-wgrad":
+        conv.Conv2d.forward = torch.nn.Conv2d.forward  # oneDNN's own, threaded backward
+    gen = torch.Generator().manual_seed(0)
+    n = 64 * 128  # enough rows for any --batches up to 64
+    split = lambda: data.Split(torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8,  # noqa: E731
+                                             generator=gen), torch.randint(0, 10, (n,), generator=gen))
+    ds = data.Dataset("fashion-mnist", split(), split(), split(), tuple(map(str, range(10))),
+                      torch.tensor([0.286]), torch.tensor([0.353]))
+    setup = loops.Setup(device.pick(), ds.to(device.pick()), load(ROOT / "params.yaml"))
+    rates = {name: loops.fit_rate(setup, loops.role(setup, name, arch))
+             for name, arch in ROLES.items()}
+    print("ready", torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), flush=True)
+    for line in sys.stdin:
+        name, batches = line.split()
+        rate = rates[name](int(batches))  # samples/s of the training steps alone
+        print(1000 * setup.params.teacher.batch_size / rate, flush=True)
+
+
+def start(mode: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in {**PORTABLE_ENV, **CUDA_ENV}}
+    if mode != "native":
+        env.update({**PORTABLE_ENV, **CUDA_ENV})
+    env["KD_TRACKING"] = "off"
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep)
+    proc = subprocess.Popen([PYTHON, "-m", "benchmarks.numerics", "--child", mode], cwd=ROOT,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = proc.stdout.readline().split()
+    if not ready or ready[0] != "ready":
+        raise RuntimeError(f"the {mode} contender did not start")
+    progress(f"{mode}: {ready[1]} threads, ATen dispatch {ready[2]}")
+    return proc
+
+
+def measure(procs: dict[str, subprocess.Popen], role: str, batches: int) -> dict[str, float]:
+    out = {}
+    for mode, proc in procs.items():
+        proc.stdin.write(f"{role} {batches}\n")
+        proc.stdin.flush()
+        out[mode] = float(proc.stdout.readline())
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0], epilog=__doc__.partition(
+        "\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per contender per "
+                    "round (default: 20, at most 64)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (default: 7)")
+    ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child)
+
+    import torch
+
+    procs = {mode: start(mode) for mode in CONTENDERS}
+    try:
+        times = {role: {mode: [] for mode in CONTENDERS} for role in ROLES}
+        for role in ROLES:  # warm-up: the first batches pay for allocation and kernel choice
+            measure(procs, role, 3)
+        for r in range(args.repeats):
+            for role in ROLES:
+                for mode, ms in measure(procs, role, args.batches).items():
+                    times[role][mode].append(ms)
+            progress(f"round {r + 1}/{args.repeats}: " + "; ".join(
+                f"{role} " + ", ".join(f"{m} {v[-1]:.1f} ms" for m, v in t.items())
+                for role, t in times.items()))
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+    rows: list[Row] = []
+    for role, arch in ROLES.items():
+        t = times[role]
+        rows.append(ratio_row(f"{role} ({arch}) step: portable vs native", t["portable"],
+                              t["native"], "ms", TARGET, at_least=False))
+        if role == "teacher":
+            rows.append(ratio_row(f"{role} step: portable vs its pins alone (the one-thread "
+                                  "weight gradients' share)", t["portable"],
+                                  t["portable-threaded-wgrad"], "ms"))
+            rows.append(ratio_row(f"{role} step: pins alone vs native (the dispatch pins' and "
+                                  "NCHW's share)", t["portable-threaded-wgrad"], t["native"], "ms"))
+    print("\n".join(machine_lines(torch.device("cpu"))))
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
