@@ -35,9 +35,10 @@ def env() -> dict:
     return out
 
 
-def make_project_repo(repo: Path) -> None:
+def make_project_repo(repo: Path, **sections: dict) -> None:
     """A git repository holding a copy of the project (every tracked file, plus the project's
-    folders as they are now) on digits with one epoch per model.
+    folders as they are now) on digits with one epoch per model, and `sections`' values
+    (`teacher={"arch": "cnn:8-16"}`) over those.
 
     `dvc exp run` recomposes params.yaml from conf/ (Hydra), so the tiny values go into
     conf/config.yaml and params.yaml is composed from it by DVC's own function, as committed."""
@@ -58,6 +59,8 @@ def make_project_repo(repo: Path) -> None:
     params = tiny_params()
     for section in ("teacher", "student", "distill"):
         params[section]["epochs"] = 1
+    for section, values in sections.items():
+        params[section].update(values)
     conf = {"defaults": ["_self_", {"dataset": "digits"}, {"preset": "none"}], **params}
     (repo / "conf" / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
     compose_and_dump(repo / "params.yaml", str(repo / "conf"), None, "config", str(repo), [])
