@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = ("job", "seed", "epochs", "test_acc", "test_errors", "agreement")
+FIELDS = ("job", "seed", "epochs", "test_acc", "test_errors", "agreement", "val_acc")
 
 
 def preset_distill() -> dict:
@@ -116,7 +116,8 @@ def run(args) -> None:
         m = json.loads((folder / f"metrics/{model}.json").read_text())
         epochs = params_for(base, seed, changes)["student" if model == "student" else "distill"]
         row = {"job": name, "seed": seed, "epochs": epochs["epochs"], "test_acc": m["test_acc"],
-               "test_errors": m["test_errors"], "agreement": m.get("agreement", "")}
+               "test_errors": m["test_errors"], "agreement": m.get("agreement", ""),
+               "val_acc": m["val_acc"]}
         with lock, open(args.out, "a", newline="") as fh:
             csv.DictWriter(fh, FIELDS).writerow(row)
 
@@ -125,6 +126,10 @@ def run(args) -> None:
     if not Path(args.out).exists():
         with open(args.out, "w", newline="") as fh:
             csv.DictWriter(fh, FIELDS).writeheader()
+    with open(args.out, newline="") as fh:
+        if tuple(next(csv.reader(fh), ())) != FIELDS:  # appending would shift the columns
+            raise SystemExit(f"error: {args.out}: its columns are not {', '.join(FIELDS)} (an "
+                             "older tools.patience wrote it); pass another --out")
     prepare(seeds[0])  # downloads the data once
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(prepare, seeds[1:]))
@@ -135,7 +140,8 @@ def run(args) -> None:
                                                      "epochs": base["teacher"]["epochs"],
                                                      "test_acc": m["test_acc"],
                                                      "test_errors": m["test_errors"],
-                                                     "agreement": ""})
+                                                     "agreement": "",
+                                                     "val_acc": m["val_acc"]})
         futures = [pool.submit(job, seed, name, stages, changes)
                    for name, (stages, changes) in jobs(budgets).items() for seed in seeds
                    if name.startswith(tuple(args.only.split(",")))]
@@ -143,16 +149,19 @@ def run(args) -> None:
             f.result()
 
 
-def summary(rows: list[dict]) -> dict[str, tuple[float, float, int, int]]:
-    """job -> (mean test acc, std, epochs, seeds)."""
+def summary(rows: list[dict]) -> dict[str, tuple[float, float, int, int, float | None]]:
+    """job -> (mean test acc, std, epochs, seeds, mean val acc or None where a row lacks one:
+    files written before val_acc was recorded)."""
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["job"], []).append(r)
     out = {}
     for job, rs in by.items():
         accs = [float(r["test_acc"]) for r in rs]
+        vals = [float(r["val_acc"]) for r in rs if r.get("val_acc")]
         out[job] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                    int(rs[0]["epochs"]), len(rs))
+                    int(rs[0]["epochs"]), len(rs),
+                    statistics.mean(vals) if len(vals) == len(rs) else None)
     return out
 
 
@@ -166,11 +175,14 @@ def plot(args) -> None:
         rows = list(csv.DictReader(fh))
     s = summary(rows)
     teacher, student = s["teacher"][0], s["student"][0]
-    print("| recipe | distill epochs | seeds | test accuracy (mean ± std) | gap closed |")
-    print("|---|---|---|---|---|")
-    for job, (mean, std, epochs, n) in sorted(s.items(), key=lambda kv: kv[1][0]):
+    # Choose a recipe or budget on the validation column; the test column reports it.
+    print("| recipe | distill epochs | seeds | val accuracy (mean) | test accuracy (mean ± std) "
+          "| gap closed |")
+    print("|---|---|---|---|---|---|")
+    for job, (mean, std, epochs, n, val) in sorted(s.items(), key=lambda kv: kv[1][0]):
         gap = "" if job == "teacher" else f"{(mean - student) / (teacher - student):+.0%}"
-        print(f"| {job} | {epochs} | {n} | {100 * mean:.2f} ± {100 * std:.2f}% | {gap} |")
+        shown = "—" if val is None else f"{100 * val:.2f}%"
+        print(f"| {job} | {epochs} | {n} | {shown} | {100 * mean:.2f} ± {100 * std:.2f}% | {gap} |")
     curve = sorted((v[2], v[0], v[1]) for k, v in s.items() if k.startswith("consistent-"))
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.errorbar([c[0] for c in curve], [100 * c[1] for c in curve],
