@@ -5,10 +5,12 @@ Tracking is off here: the GPU machines these run on need not have MLflow, and lo
 """
 
 
+import hashlib
+
 import pytest
 import torch
 
-from tests.conftest import distill_with, metrics_file
+from tests.conftest import distill_with, metrics_file, run_stage, tiny_params, write_params
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -31,3 +33,25 @@ def test_autocast_is_bf16_on_cuda():
     with device.autocast(torch.device("cuda")):
         y = torch.nn.Linear(4, 4).cuda()(torch.randn(2, 4, device="cuda"))
     assert y.dtype == torch.bfloat16
+
+
+def test_portable_numerics_repeat_their_bytes_on_the_gpu(tmp_path, monkeypatch):
+    """Deterministic algorithms (kd/numerics.py): the same stages twice on one card write the
+    same files, convolutions, pooling and the online teacher under bf16 included."""
+    monkeypatch.setenv("KD_TRACKING", "off")
+    raw = tiny_params()
+    raw["teacher"].update(arch="cnn:8-16", dropout=0.3)
+    raw["distill"].update(shift=1, flip=True)
+    found = []
+    for attempt in ("a", "b"):
+        folder = tmp_path / attempt
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        write_params(folder, raw)
+        for name in ("download", "teacher", "soft_targets", "distill"):
+            run_stage(name)
+        assert torch.are_deterministic_algorithms_enabled()
+        found.append({f: hashlib.sha256((folder / f).read_bytes()).hexdigest() for f in
+                      ("model/teacher.pt", "model/soft_targets.pt", "model/distilled.pt",
+                       "metrics/distilled.json", "plots/distilled.csv")})
+    assert found[0] == found[1]
