@@ -190,8 +190,9 @@ def accuracy_vs_T_plot(rows: list[Row], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         ax.set_title(textwrap.fill(f"{dataset}, {setting or 'usual params'}", 50), fontsize="medium")
-    fig.suptitle("Distilled student's test accuracy against T" +
-                 (" (mean ± std over seeds)" if max(g.distilled_acc.n for g in groups) > 1 else ""))
+    title = "Distilled student's test accuracy against T" + (
+        " (mean ± std over seeds)" if max(g.distilled_acc.n for g in groups) > 1 else "")
+    fig.suptitle(textwrap.fill(title, 45 * cols), fontsize="medium")  # one panel is narrow
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
