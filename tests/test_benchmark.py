@@ -19,10 +19,27 @@ def test_quick_benchmark_prints_every_measurement():
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| measurement |")
-    for item in ("1. teacher cnn:32-64 training FLOP rate", "1. teacher training: channels-last",
+    for item in ("1. teacher cnn:32-64 training FLOP rate", "1. teacher training: as the stages build it",
                  "1. teacher step: optimizer.step", "1. per-epoch evaluation", "1. evaluation: batch",
                  "3. the teacher's 10 epochs at its kernel ceiling"):
         assert any(row.startswith(f"| {item}") for row in table), item
     # Every row with a target says whether it was met.
     assert all(row.split("|")[-2].strip() in ("yes", "**no**") for row in table[2:]
                if row.split("|")[-3].strip() not in ("—", ""))
+
+
+@pytest.mark.slow  # three processes, each importing torch and training a few batches
+def test_numerics_benchmark_compares_portable_with_native_side_by_side():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.numerics", "--batches", "2",
+                           "--repeats", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "native: " in proc.stderr and "ATen dispatch AVX2" in proc.stderr  # portable's pin
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in proc.stdout.splitlines()
+            if line.startswith("| ") and " step" in line}
+    assert set(rows) == {"teacher (cnn:32-64) step: portable vs native",
+                         "teacher step: portable vs its pins alone (the one-thread weight "
+                         "gradients' share)",
+                         "teacher step: pins alone vs native (the dispatch pins' and NCHW's share)",
+                         "student (mlp:800-800) step: portable vs native"}
+    for cells in rows.values():
+        assert float(cells[3].split()[0]) > 0  # a measured ratio, median of the rounds
