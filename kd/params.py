@@ -28,6 +28,13 @@ PRESETS = {"none": DATASETS, "hinton-mnist": ("mnist", "fashion-mnist"),
            "cifar100-resnet": ("cifar100", "cifar10"), "patient-consistent": ("fashion-mnist", "mnist")}
 
 
+# `launch` as a shell will read it: python, or torchrun and its options (`--name`, `--name=value`,
+# `--name value`); values of letters, digits and . : , / + - only. No quote, `$`, backtick, `;`,
+# `&`, `|`, redirection, glob or line break can pass, so a param never runs a command of its own.
+LAUNCH = (r"^ *(python3?|torchrun( +--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.:,/+-]+"
+          r"| +[A-Za-z0-9_.:,/+][A-Za-z0-9_.:,/+-]*)?)*) *$")
+
+
 class ParamsError(PipelineError):
     """A params.yaml value is missing, unknown or out of range; the message names the key."""
 
@@ -117,9 +124,10 @@ class Params:
     seed: Index
     T: Positive
     alpha: Value(float, "a number in [0, 1]", ge=0, le=1)
-    # dvc.yaml runs `${launch} -m stages.<name>`
-    launch: Value(str, "python or a torchrun command such as 'torchrun --standalone --nproc-per-node 2'",
-                  pattern=r"^\s*(python3?|torchrun)(\s|$)")
+    # dvc.yaml runs `${launch} -m stages.<name>` through a shell: a launcher and its options only
+    launch: Value(str, "python or a torchrun command of --options only (letters, digits and "
+                  ". : , / + - =; no shell syntax), such as 'torchrun --standalone --nproc-per-node 2'",
+                  pattern=LAUNCH)
     # what may move a result's bits besides params, code and data (kd/numerics.py)
     numerics: Value(Literal[MODES], f"one of {', '.join(MODES)}")
     data: Data

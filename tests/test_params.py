@@ -67,9 +67,25 @@ BAD = [
     ("teacher.lr", _DELETE, "teacher.lr is missing"),
     ("alpha", _DELETE, "alpha is missing"),
     ("launch", "srun -n 2", "launch must be python or a torchrun command"),
+    *[("launch", v, "launch must be python or a torchrun command") for v in (
+        "python $(touch pwned)", "python `touch pwned`", "python; touch pwned",
+        "torchrun --standalone && touch pwned", "python | tee log", "python\ntouch pwned",
+        "torchrun --master-addr x\ntouch pwned", "python 'x'", 'torchrun --nproc-per-node="2"',
+        "python > log", "torchrun --rdzv-endpoint=$HOST", "python3 -c pwned", "torchrun -x 1")],
     ("launch", "", "launch must be python or a torchrun command"),
     ("launch", _DELETE, "launch is missing"),
 ]
+
+
+@pytest.mark.parametrize("launch", [
+    "python", "python3", "torchrun --standalone --nproc-per-node 2",
+    "torchrun --standalone --nproc-per-node=2",
+    "torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr node-a --master-port 29500",
+    "torchrun --rdzv-backend=c10d --rdzv-endpoint=10.0.0.1:29400 --nnodes 1:4"])
+def test_launch_accepts_the_launchers_the_readme_shows(launch):
+    raw = tiny_params()
+    raw["launch"] = launch
+    assert validate(raw).launch == launch
 
 
 @pytest.mark.parametrize("key,value,message", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])

@@ -177,13 +177,20 @@ def outputs_hash(repo: Path) -> dict:
     return {folder: hash_tree(repo / folder) for folder in ("model", "metrics", "plots", "report")}
 
 
+LAUNCH_REFUSED = "params.yaml: launch must be python or a torchrun command"
+
+
 @pytest.mark.parametrize("how,message", [
     ("append Temp: 8 to params.yaml, dvc repro", "params.yaml: Temp is not a known key"),
     ("dvc exp run -S T=0", "params.yaml: T must be a finite number > 0 (got 0.0)"),
+    ("dvc exp run -S launch='python $(touch pwned)'", LAUNCH_REFUSED),
+    ("dvc exp run -S launch='python; touch pwned'", LAUNCH_REFUSED),
+    ("conf/config.yaml launch: python `touch pwned`, dvc exp run", LAUNCH_REFUSED),
 ])
 def test_bad_params_stop_dvc_before_it_touches_any_output(repo, how, message):
     """The `check` stage lists the whole params.yaml and every stage depends on it: a typo no
-    stage reads is caught, and DVC stops before deleting the outputs of the stage it would run."""
+    stage reads is caught, and DVC stops before deleting the outputs of the stage it would run,
+    or running any command a param holds (`launch` is pasted into the stages' shell commands)."""
     if not (repo / "model/distilled.pt").exists():
         sh(repo, "dvc", "repro")
     before = outputs_hash(repo)
@@ -191,12 +198,17 @@ def test_bad_params_stop_dvc_before_it_touches_any_output(repo, how, message):
         with open(repo / "params.yaml", "a") as fh:
             fh.write("Temp: 8\n")
         cmd = ["dvc", "repro"]
+    elif how.startswith("conf/"):
+        conf = repo / "conf" / "config.yaml"
+        conf.write_text(conf.read_text().replace("launch: python", "launch: python `touch pwned`"))
+        cmd = ["dvc", "exp", "run"]
     else:
-        cmd = ["dvc", "exp", "run", "-S", "T=0"]
+        cmd = ["dvc", "exp", "run", "-S", how.removeprefix("dvc exp run -S ")]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
                           env=env())
-    sh(repo, "git", "checkout", "params.yaml")
+    sh(repo, "git", "checkout", "params.yaml", "conf/config.yaml")
     assert proc.returncode != 0
     assert f"error: {message}" in proc.stdout + proc.stderr
     assert "Running stage 'check'" in proc.stdout + proc.stderr
     assert outputs_hash(repo) == before
+    assert not list(repo.rglob("pwned"))
