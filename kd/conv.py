@@ -43,15 +43,17 @@ class _FixedOrderConv(torch.autograd.Function):
 
         # Strided convolutions' input gradient too: oneDNN's kernel for it (brgconv_strided)
         # also splits its sums by thread. Unstrided, it is one fixed sum per element.
-        serial_x = need_x and max(stride) > 1
-        gx = backward([True, False, False])[0] if need_x and not serial_x else None
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            sx, gw, gb = backward([serial_x, need_w, need_b and has_bias])
-        finally:
-            torch.set_num_threads(threads)
-        gx = sx if serial_x else gx
+        serial = [need_x and max(stride) > 1, need_w, need_b and has_bias]
+        gx = backward([True, False, False])[0] if need_x and not serial[0] else None
+        gw = gb = None
+        if any(serial):
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                sx, gw, gb = backward(serial)
+            finally:
+                torch.set_num_threads(threads)
+            gx = sx if serial[0] else gx
         return gx, gw, gb, None, None, None, None
 
 
