@@ -32,7 +32,7 @@ from kd.errors import PipelineError
 from kd.losses import distillation_loss, hard_loss
 from kd.metrics import scores
 from kd.models import apply_max_norm
-from kd.params import Train
+from kd.params import Distill, Train
 
 
 @dataclass
@@ -91,13 +91,14 @@ def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BAT
 
 @dataclass
 class Teacher:
-    """What a distilled student learns from (Hinton et al. eq. 2, kd.losses): the teacher's
-    logits at temperature T, weighted alpha against the labels. They are `cached` per training
+    """What a distilled student learns from: the teacher's logits, through `cfg.loss` at
+    temperature T, weighted alpha against the labels (kd.losses). They are `cached` per training
     row (for un-augmented images: the soft_targets stage), or computed by `model` (in eval mode)
     on the student's very input tensor ("consistent" teaching, Beyer et al. 2022)."""
 
     T: float
     alpha: float
+    cfg: Distill
     cached: torch.Tensor | None = None
     model: nn.Module | None = None
 
@@ -108,9 +109,9 @@ class Teacher:
         with devices.autocast(batch.x.device):
             return self.model(batch.x).float()
 
-    def loss(self, student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, student_logits: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
         return distillation_loss(student_logits, self.logits(batch), batch.y, self.T, self.alpha,
-                                 batch.partner_y, batch.lam)
+                                 batch.partner_y, batch.lam, cfg=self.cfg, epoch=epoch)
 
 
 def optimizer(model: nn.Module, cfg: Train, total_steps: int
@@ -181,7 +182,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
                     logits = net(batch.x)
                 logits = logits.float()
                 loss = (hard_loss(logits, batch.y, batch.partner_y, batch.lam) if teacher is None
-                        else teacher.loss(logits, batch))
+                        else teacher.loss(logits, batch, epoch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:

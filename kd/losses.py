@@ -1,19 +1,45 @@
-"""The distillation loss of Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural
-Network", arXiv:1503.02531, section 2 / eq. 2:
+"""The distillation losses: Hinton's (2015) and three successors that read nothing but the
+teacher's logits, so they fit the cached soft targets and the online teacher alike.
 
-    loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
+Every loss is `alpha * soft + (1 - alpha) * CE(s, y)`: `alpha` and the temperature `T` mean the
+same for all of them (`alpha = 1` is function matching: no label read, except by dkd), and
+`soft` is the loss's own term, chosen by `distill.loss`:
 
-- KL is averaged over the batch (`reduction="batchmean"`); `"mean"` would also divide by the
-  number of classes and silently shrink the soft term.
-- T^2 keeps the soft term's gradient scale independent of T: d/ds of the soft term is
-  T * (softmax(s/T) - softmax(t/T)) / batch, which tends to (s - t) / (classes * batch) at high T
-  for zero-mean logits (the paper's logit-matching limit).
+- kd: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network",
+  arXiv:1503.02531, section 2 / eq. 2: T^2 * KL(softmax(t/T) || softmax(s/T)).
+  - KL is averaged over the batch (`reduction="batchmean"`); `"mean"` would also divide by the
+    number of classes and silently shrink the soft term.
+  - T^2 keeps the soft term's gradient scale independent of T: d/ds of the soft term is
+    T * (softmax(s/T) - softmax(t/T)) / batch, which tends to (s - t) / (classes * batch) at high
+    T for zero-mean logits (the paper's logit-matching limit).
+- dkd: Zhao et al. (2022), "Decoupled Knowledge Distillation", CVPR, eq. 7:
+  dkd_alpha * TCKD + dkd_beta * NCKD, ramped up linearly over the first `dkd_warmup` epochs.
+  TCKD is KD on the binary split (target class, all others); NCKD is KD among the non-target
+  classes alone. KD itself is TCKD + (1 - p_target of the teacher) * NCKD (their eq. 5), which
+  couples the non-target term to the teacher's confidence; DKD weighs the two freely.
+- ls: Sun et al. (2024), "Logit Standardization in Knowledge Distillation", CVPR: kd on each
+  row's z-scores (logits minus their mean, over their sample standard deviation), so the
+  student matches the teacher's logit *relations*, not their range. T is the base temperature.
+- dist: Huang et al. (2022), "Knowledge Distillation from A Stronger Teacher", NeurIPS:
+  T^2 * (dist_beta * (1 - mean Pearson correlation of each image's class probabilities) +
+  dist_gamma * (1 - mean Pearson correlation of each class's probabilities over the batch)).
+  The second (intra-class) term is not a mean over images: under torchrun it is each rank's
+  share of the batch, as in the authors' own multi-GPU training.
+
+Adding a loss: write its soft term below, add it to `SOFT`, and add its name and keys to the
+`distill` section of kd/params.py (and its default values to conf/config.yaml).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+from kd.params import LOSSES, Distill
+
+EPS = 1e-7  # LS's guard for a row whose logits are all equal (standard deviation 0)
 
 
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -21,6 +47,76 @@ def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: flo
     log_p_student = F.log_softmax(student_logits / T, dim=1)
     p_teacher = F.softmax(teacher_logits / T, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (T * T)
+
+
+def _kl_rows(log_p_student: torch.Tensor, log_p_teacher: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of each row, from log-probabilities: (N, K) -> (N,)."""
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1)
+
+
+def _split(logits: torch.Tensor, labels: torch.Tensor, T: float
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """At temperature T: log (p_target, 1 - p_target) per row (N, 2), and the log-softmax over the
+    non-target classes alone (N, K - 1), in class order."""
+    z = logits / T
+    target = F.one_hot(labels, z.shape[1]).bool()
+    others = z[~target].view(len(z), -1)
+    total = torch.logsumexp(z, 1, keepdim=True)
+    binary = torch.cat([z[target].unsqueeze(1), torch.logsumexp(others, 1, keepdim=True)], 1) - total
+    return binary, F.log_softmax(others, 1)
+
+
+def tckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+         T: float) -> torch.Tensor:
+    """DKD's target-class term per row: T^2 * KL of the binary (target, non-target) split."""
+    return _kl_rows(_split(student_logits, labels, T)[0], _split(teacher_logits, labels, T)[0]) * T * T
+
+
+def nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+         T: float) -> torch.Tensor:
+    """DKD's non-target-class term per row: T^2 * KL among the non-target classes."""
+    return _kl_rows(_split(student_logits, labels, T)[1], _split(teacher_logits, labels, T)[1]) * T * T
+
+
+def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
+        ) -> torch.Tensor:
+    warm = min(epoch / cfg.dkd_warmup, 1.0) if cfg.dkd_warmup else 1.0
+    return warm * (cfg.dkd_alpha * tckd(s, t, y, T) + cfg.dkd_beta * nckd(s, t, y, T)).mean()
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's z-scores: minus the row's mean, over its sample (n - 1) standard deviation."""
+    return (logits - logits.mean(1, keepdim=True)) / (EPS + logits.std(1, keepdim=True))
+
+
+def ls(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
+       ) -> torch.Tensor:
+    return soft_loss(standardize(s), standardize(t), T)
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of a with the same row of b: (N, K) -> (N,)."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+
+def dist(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
+         ) -> torch.Tensor:
+    p_s, p_t = F.softmax(s / T, 1), F.softmax(t / T, 1)
+    inter = 1 - _pearson_rows(p_s, p_t).mean()  # each image: its classes' probabilities
+    intra = 1 - _pearson_rows(p_s.T, p_t.T).mean()  # each class: its probability over the batch
+    return T * T * (cfg.dist_beta * inter + cfg.dist_gamma * intra)
+
+
+def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
+       ) -> torch.Tensor:
+    return soft_loss(s, t, T)
+
+
+# name -> soft term(student logits, teacher logits, labels, T, the distill section, epoch from 1)
+SOFT: dict[str, Callable[..., torch.Tensor]] = {"kd": kd, "dkd": dkd, "ls": ls, "dist": dist}
+if set(SOFT) != set(LOSSES):  # the params schema names exactly the losses written here
+    raise ImportError(f"kd.losses writes {sorted(SOFT)} but kd.params allows {sorted(LOSSES)}")
 
 
 def hard_loss(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor | None = None,
@@ -37,15 +133,18 @@ def hard_loss(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                       labels: torch.Tensor, T: float, alpha: float,
                       partner_labels: torch.Tensor | None = None,
-                      lam: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha * soft_loss + (1 - alpha) * cross-entropy with the true labels (Hinton eq. 2).
+                      lam: torch.Tensor | None = None, *, cfg: Distill | None = None,
+                      epoch: int = 1) -> torch.Tensor:
+    """alpha * soft term + (1 - alpha) * cross-entropy with the true labels; the soft term is
+    `cfg.loss`'s (kd, Hinton eq. 2, without a cfg).
 
-    alpha = 1 is function matching (Beyer et al. 2022): the labels are never read, so the
-    transfer set may be unlabelled.
+    alpha = 1 is function matching (Beyer et al. 2022): the labels are never read (dkd excepted:
+    its split is by the true class), so the transfer set may be unlabelled.
     """
+    soft = SOFT[cfg.loss if cfg is not None else "kd"]
     if alpha == 1:
-        return soft_loss(student_logits, teacher_logits, T)
+        return soft(student_logits, teacher_logits, labels, T, cfg, epoch)
     hard = hard_loss(student_logits, labels, partner_labels, lam)
     if alpha == 0:
         return hard
-    return alpha * soft_loss(student_logits, teacher_logits, T) + (1 - alpha) * hard
+    return alpha * soft(student_logits, teacher_logits, labels, T, cfg, epoch) + (1 - alpha) * hard

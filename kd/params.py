@@ -24,6 +24,8 @@ NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100,
 # Image side in pixels: each block of a `cnn:` architecture halves it, so it bounds their number.
 IMAGE_SIDE = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "digits": 8}
 # conf/preset/<name>.yaml (`-S preset=<name>`) and the datasets each is made for (pinned by tests)
+# distill.loss: the soft term of the distillation loss (kd/losses.py writes each one)
+LOSSES = ("kd", "dkd", "ls", "dist")
 PRESETS = {"none": DATASETS, "hinton-mnist": ("mnist", "fashion-mnist"),
            "cifar100-resnet": ("cifar100", "cifar10"), "patient-consistent": ("fashion-mnist", "mnist")}
 
@@ -107,6 +109,13 @@ class Distill(Train):  # the `distill` section: a Train's keys, then the paper's
     fraction: Value(float, "a number in (0, 1]", gt=0, le=1)
     # the amount added to the logits of classes missing from the transfer set, or "auto"
     bias_correction: Annotated[NonNegative, WrapValidator(_auto_or_number)]
+    # the loss (kd/losses.py), then each loss's own knobs, named after it; T and alpha serve all
+    loss: Value(Literal[LOSSES], f"one of {', '.join(LOSSES)}")
+    dkd_alpha: NonNegative  # weight of DKD's target-class term (TCKD)
+    dkd_beta: NonNegative  # weight of DKD's non-target-class term (NCKD)
+    dkd_warmup: Index  # epochs over which DKD's term ramps up linearly; 0 = off
+    dist_beta: NonNegative  # weight of DIST's inter-class relation (each image)
+    dist_gamma: NonNegative  # weight of DIST's intra-class relation (each class over a batch)
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,9 @@ def validate(raw: Any) -> Params:
     for key, classes in (("omit_classes", t.omit_classes), ("keep_classes", t.keep_classes)):
         if any(c >= n for c in classes):
             raise ParamsError(f"distill.{key} must hold class indices 0..{n - 1} (got {list(classes)})")
+    if t.loss == "dkd" and t.mixup > 0:
+        raise ParamsError("distill.loss dkd splits each image's loss by its true class, which mixup "
+                          f"blends (distill.mixup is {t.mixup:g}): set distill.mixup 0 or another loss")
     if not set(t.keep_classes or range(n)) - set(t.omit_classes):
         raise ParamsError("distill.omit_classes and distill.keep_classes leave no class to train on")
     side = IMAGE_SIDE[p.dataset]  # a CNN may not pool its input below one pixel
@@ -185,6 +197,25 @@ def validate(raw: Any) -> Params:
                               f"{side}x{side} images allow at most {side.bit_length() - 1} "
                               "(each block halves the side)")
     return p
+
+
+def loss_settings(d: Distill) -> dict[str, Any]:
+    """The distillation loss and its own knobs (those named after it): {"loss": "dkd",
+    "dkd_alpha": 1.0, ...}; for kd, whose knobs are T and alpha, the name alone."""
+    return {"loss": d.loss, **{f.name: getattr(d, f.name) for f in fields(d)
+                               if f.name.startswith(f"{d.loss}_")}}
+
+
+def other_losses_keys(d: Distill) -> set[str]:
+    """The knobs of the losses not in use (`dist_beta` under dkd): left out of the run's params."""
+    return {f.name for f in fields(d) if any(f.name.startswith(f"{name}_") for name in LOSSES
+                                             if name != d.loss)}
+
+
+def describe_loss(d: Distill) -> str:
+    """`dkd (alpha 1, beta 8, warmup 2)`; `kd`."""
+    own = [f"{k.removeprefix(d.loss + '_')} {v:g}" for k, v in loss_settings(d).items() if k != "loss"]
+    return d.loss + (f" ({', '.join(own)})" if own else "")
 
 
 def load(path: str | Path = "params.yaml") -> Params:

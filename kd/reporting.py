@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kd.io import UnreadableFile  # noqa: E402
+from kd.params import describe_loss  # noqa: E402
 
 COLUMNS = ("model", "architecture", "parameters", "test accuracy", "test errors",
            "agreement with teacher", "test ECE", "best val epoch")
@@ -80,7 +81,7 @@ def report_markdown(p, experiment: str, rows: list[dict], head: dict, distilled:
                 f"{distilled['bias_correction']:.1f} took the distilled student from "
                 f"{distilled['test_errors_uncorrected']} to {distilled['test_errors']} test errors.")
     return (f"# Distillation report: {p.dataset}, T={p.T:g}, alpha={p.alpha:g}, seed={p.seed}\n\n"
-            f"Experiment `{experiment}`, preset `{p.preset}`.\n\n"
+            f"Experiment `{experiment}`, preset `{p.preset}`, loss {describe_loss(p.distill)}.\n\n"
             f"{comparison_table(rows)}\n"
             f"Distillation changed the student's test accuracy by {100 * head['gain']:+.2f} points "
             f"({head['student_test_errors']} -> {head['distilled_test_errors']} errors); the "

@@ -1,6 +1,8 @@
-"""Stage 5: train the student network on the teacher's soft targets (Hinton et al. 2015, eq. 2).
+"""Stage 5: train the student network on the teacher's soft targets.
 
-loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y)
+loss = alpha * soft(student, teacher) + (1 - alpha) * CE(student, y), where soft is distill.loss's
+term at temperature T (kd/losses.py): kd, Hinton et al. (2015) eq. 2, T^2 * KL(softmax(teacher/T)
+|| softmax(student/T)); or its successors dkd, ls and dist.
 
 With no augmentation (distill.shift = 0, distill.flip = false, distill.mixup = 0) the student
 sees exactly the images the teacher saw when the soft targets were cached, so the cached logits
@@ -26,6 +28,7 @@ import torch
 from kd import cli, data, device, distributed, io, loop, metrics, tracking, training, transfer
 from kd.archs import resolve_arch
 from kd.errors import PipelineError
+from kd.params import other_losses_keys
 
 
 def check_lineage(soft: dict, path: Path, teacher: Path, ds: data.Dataset) -> None:
@@ -66,15 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         ds.train = data.Split(ds.train.x[subset], ds.train.y[subset])
         # Cached logits are for un-augmented images: with augmentation the teacher runs online.
         online = p.distill.shift > 0 or p.distill.flip or p.distill.mixup > 0
-        teacher = (loop.Teacher(p.T, p.alpha, model=training.load_checkpoint(args.teacher, dev)[0])
-                   if online else loop.Teacher(p.T, p.alpha, cached=soft["train"][subset]))
+        teacher = (loop.Teacher(p.T, p.alpha, t, model=training.load_checkpoint(args.teacher, dev)[0])
+                   if online else loop.Teacher(p.T, p.alpha, t, cached=soft["train"][subset]))
 
         arch = resolve_arch(p.student.arch, p.dataset, "student")
         model = training.build_model(arch, p.student, ds)
         training.announce("distill", arch, model, ds, p.distill)
         out = training.Outputs(args.model, args.metrics, args.plots)
-        settings = {**training.run_params(p, arch, p.student, p.distill), "T": p.T,
-                    "alpha": p.alpha}
+        settings = {k: v for k, v in training.run_params(p, arch, p.student, p.distill).items()
+                    if k not in other_losses_keys(p.distill)} | {"T": p.T, "alpha": p.alpha}
         with tracking.stage_run("distill", p.dataset, settings, tags={
                 "teacher_run_id": tracking.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:

@@ -4,10 +4,10 @@ Reads metrics/{teacher,student,distilled}.json, the three checkpoints (their tes
 per-class errors and agreement with the teacher; their MLflow run ids), the test labels and
 plots/*.csv. Writes report/report.md (tables) and report/accuracy.png (test accuracy per epoch,
 the selected epoch of each model marked), and makes this execution's *pipeline run* in MLflow:
-named after the DVC experiment, it holds T, alpha, seed, dataset, preset and the architectures as
-params, the three test accuracies and errors, the gain and the agreement as metrics, and the ids
-of the stage runs whose models it reports (also when DVC skipped those stages and their runs are
-older). Run: python -m stages.report
+named after the DVC experiment, it holds T, alpha, the loss and its settings, seed, dataset, preset
+and the architectures as params, the three test accuracies and errors, the gain and the agreement
+as metrics, and the ids of the stage runs whose models it reports (also when DVC skipped those
+stages and their runs are older). Run: python -m stages.report
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kd import cli, data, io, metrics, reporting, tracking
+from kd.params import loss_settings
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
 CHECKPOINT_KEYS = ("arch", "params", "class_names", "test_logits")  # what the report reads
@@ -53,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
                                        ckpts["teacher"]["class_names"], per_class)
         png = reporting.accuracy_png(
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
-            f"{p.dataset}: test accuracy per epoch (T={p.T:g}, alpha={p.alpha:g}, seed={p.seed})")
+            f"{p.dataset}: test accuracy per epoch (loss {p.distill.loss}, T={p.T:g}, "
+            f"alpha={p.alpha:g}, seed={p.seed})")
         params = {"experiment": experiment, "dataset": p.dataset, "preset": p.preset,
-                  "T": p.T, "alpha": p.alpha, "seed": p.seed,
+                  "T": p.T, "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}
         # The runs that wrote these very checkpoints (found by their bytes: a killed or failed

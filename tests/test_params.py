@@ -161,6 +161,11 @@ def test_preset_is_a_name_only_the_values_in_the_file_run():
     ("fraction", 0, "distill.fraction must be a number in (0, 1]"),
     ("bias_correction", "big", "distill.bias_correction must be auto or a number >= 0"),
     ("bias_correction", -1, "distill.bias_correction must be a finite number >= 0"),
+    ("loss", "crd", "distill.loss must be one of kd, dkd, ls, dist (got 'crd')"),
+    ("loss", None, "distill.loss must be one of kd, dkd, ls, dist (got None)"),
+    ("dkd_beta", -1, "distill.dkd_beta must be a finite number >= 0 (got -1.0)"),
+    ("dkd_warmup", 1.5, "distill.dkd_warmup must be an integer >= 0 (got 1.5)"),
+    ("dist_gamma", "two", "distill.dist_gamma must be a finite number >= 0 (got 'two')"),
 ])
 def test_bad_transfer_settings(key, value, message):
     raw = tiny_params()
@@ -168,6 +173,15 @@ def test_bad_transfer_settings(key, value, message):
     with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         validate(raw)
+
+
+def test_dkd_refuses_mixup_whose_labels_it_cannot_split():
+    raw = tiny_params()
+    raw["distill"].update(loss="dkd", mixup=0.2)
+    with pytest.raises(ParamsError, match=r"distill.loss dkd splits .* set distill.mixup 0 or another loss"):
+        validate(raw)
+    raw["distill"]["loss"] = "dist"
+    assert validate(raw).distill.loss == "dist"
 
 
 def test_transfer_set_must_keep_a_class():

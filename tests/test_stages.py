@@ -137,7 +137,8 @@ def test_pipeline_run_holds_the_headline_and_names_the_stage_runs(pipeline):
                 "aten_cpu_capability", "cublas_workspace_config", "torch_version", "cpu"}
     assert {k: v for k, v in run.data.params.items() if k not in numerics} == {
         "experiment": "smoke-exp", "dataset": "digits", "preset": "none", "T": "4.0",
-        "alpha": "0.9", "seed": "0", "teacher_arch": "mlp:256-256", "student_arch": "mlp:32"}
+        "alpha": "0.9", "seed": "0", "teacher_arch": "mlp:256-256", "student_arch": "mlp:32",
+        "loss": "kd"}
     assert set(run.data.params) >= numerics and run.data.params["numerics"] == "portable"
     for name in ("teacher", "student", "distilled"):
         m = metrics_file(folder, name)
@@ -246,3 +247,24 @@ def test_online_teacher_when_distillation_augments(workdir, mlflow_store):
     distill_with(workdir, shift=1)
     _, runs = runs_by_stage(mlflow_store)
     assert runs["distill"][0].data.tags["soft_targets"] == "online"
+
+
+@pytest.mark.parametrize("loss, own", [
+    ("dkd", {"dkd_alpha": "1.0", "dkd_beta": "8.0", "dkd_warmup": "2"}),
+    ("ls", {}),
+    ("dist", {"dist_beta": "1.0", "dist_gamma": "1.0"}),
+])
+def test_each_loss_trains_and_is_recorded_with_its_own_settings_only(workdir, mlflow_store, loss, own):
+    distill_with(workdir, loss=loss)
+    run_stage("student")
+    run_stage("report")
+    _, runs = runs_by_stage(mlflow_store)
+    distill, (pipeline_run,) = runs["distill"][0], [r for name, rs in runs.items() for r in rs
+                                                    if r.data.tags.get("run_type") == "pipeline"]
+    knobs = {"dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"}
+    for run in (distill, pipeline_run):
+        assert run.data.params["loss"] == loss
+        assert {k: v for k, v in run.data.params.items() if k in knobs} == own
+    m = metrics_file(workdir, "distilled")
+    assert 0.5 < m["test_acc"] <= 1.0  # digits, 2 epochs: a chance-level student is 0.1
+    assert f"loss {loss}" in (workdir / "report/report.md").read_text()

@@ -3,8 +3,10 @@
     python -m tools.compare          # the workspace, its commit and every experiment run from it
     python -m tools.compare -n 3     # the same for the last 3 commits (dvc exp show -n 3)
 
-Columns: Experiment, dataset, preset, seed, T, alpha, and the teacher's, student baseline's and
-distilled student's test accuracy (metrics/*.json), as `dvc.api.exp_show` returns them. Plain
+Columns: Experiment, dataset, preset, seed, T, alpha, the distillation loss with its own settings
+(`dkd a=1 b=8 w=2`: distill.dkd_alpha, dkd_beta, dkd_warmup by their first letters), and the
+teacher's, student baseline's and distilled student's test accuracy in % (`teacher%` ...) (metrics/*.json), as
+`dvc.api.exp_show` returns them. Plain
 `dvc exp show` cannot show these in 120 columns: DVC prefixes a metric name that appears in
 several files with the file's path (`metrics/distilled.json:test_acc`), and the table has a
 column for every param. Queued, running and failed experiments show `-` for accuracies not yet
@@ -37,14 +39,24 @@ def _accuracy(v) -> str:
     return f"{100 * v:.2f}%" if isinstance(v, int | float) else "-"
 
 
+def _loss(rec: dict) -> str:
+    """distill.loss and its own knobs (`distill.<loss>_<knob>`), each as its first letter=value."""
+    name = rec.get("distill.loss")
+    if not name:
+        return "-"  # an experiment from before the loss was a param: kd
+    own = [f"{k.removeprefix(f'distill.{name}_')[0]}={_number(v)}" for k, v in sorted(rec.items())
+           if k.startswith(f"distill.{name}_")]
+    return " ".join([str(name), *own])
+
+
 def rows(records: list[dict]) -> list[list[str]]:
     """`dvc.api.exp_show()` records -> table cells, header first."""
-    header = ["Experiment", *PARAMS, *(f"{label} acc" for label, _ in MODELS)]
+    header = ["Experiment", *PARAMS, "loss", *(f"{label}%" for label, _ in MODELS)]
     out = [header]
     for rec in records:
         state = rec.get("State")
         name = _label(rec) + (f" ({state.lower()})" if state and state != "Success" else "")
-        out.append([name, *(_number(rec.get(p)) for p in PARAMS),
+        out.append([name, *(_number(rec.get(p)) for p in PARAMS), _loss(rec),
                     *(_accuracy(rec.get(f"metrics/{f}.json:test_acc")) for _, f in MODELS)])
     return out
 
@@ -52,7 +64,7 @@ def rows(records: list[dict]) -> list[list[str]]:
 def render(table: list[list[str]]) -> str:
     """Left-aligned text columns (numbers right-aligned), two spaces apart."""
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    numeric = [i >= 3 for i in range(len(widths))]  # seed onwards
+    numeric = [i >= 3 and i != 6 for i in range(len(widths))]  # seed onwards, but the loss
     lines = []
     for r in table:
         cells = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric, strict=True)]
