@@ -52,6 +52,31 @@ def comparison_table(rows: list[dict]) -> str:
          f"{r['test_ece']:.4f}", r["best_epoch"]] for r in rows])
 
 
+# What each training run measured of its model's speed (kd/cost.py), read back from MLflow.
+TIMINGS = ("latency_ms", "throughput_per_s", "cost_threads")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _flops(n: int) -> str:
+    return f"{n / 1e9:.2f} G" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
+
+
+def cost_table(rows: list[dict]) -> str:
+    """Each model's size and compute (metrics files) and CPU speed (its training run; "—" where
+    tracking was off)."""
+    def timing(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else "—"
+    return markdown_table(
+        ["model", "parameters", "FLOPs / image", "weights", "latency, batch 1 (ms)",
+         "throughput, batch 256 (images/s)", "CPU threads"],
+        [[r["name"], f"{r['params']:,}", _flops(r["flops_per_image"]) if "flops_per_image" in r else "—",
+          _size(r["size_bytes"]) if "size_bytes" in r else "—", timing(r, "latency_ms", ".3f"),
+          timing(r, "throughput_per_s", ",.0f"), timing(r, "cost_threads", ".0f")] for r in rows])
+
+
 def per_class_table(names: list[str], classes: list[str], errors: dict[str, list[int]]
                     ) -> str:
     """Test errors of each true class (rows) for each model (columns)."""
@@ -87,7 +112,41 @@ def report_markdown(p, experiment: str, rows: list[dict], head: dict, distilled:
             f"({head['student_test_errors']} -> {head['distilled_test_errors']} errors); the "
             f"teacher is {100 * teacher_lead:+.2f} points from the student baseline.{bias}\n\n"
             f"![test accuracy per epoch](accuracy.png)\n\n"
+            f"## What each model costs\n\n{cost_table(rows)}\n"
+            "FLOPs count a multiply-add as 2 (torch.utils.flop_counter); weights are the bytes of "
+            "the saved state_dict; latency and throughput are medians on this machine's CPU "
+            "(kd/cost.py).\n\n![test accuracy against FLOPs per image](cost.png)\n\n"
             f"## Test errors per class\n\n{per_class_table(list(per_class), class_names, per_class)}")
+
+
+def cost_png(rows: list[dict], others: list[dict], title: str) -> bytes:
+    """Test accuracy against FLOPs per image (log axis): this execution's three models as labelled
+    points, and `others` (dicts of flops_per_image, test_acc, loss: other experiments' distilled
+    students) as small points beside them, one colour per loss."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, loss in enumerate(sorted({o["loss"] for o in others})):
+        mine = [o for o in others if o["loss"] == loss]
+        # Just right of their FLOPs (x 1.1): students of one architecture share this execution's
+        # distilled student's x, whose marker would hide them.
+        ax.scatter([1.1 * o["flops_per_image"] for o in mine], [100 * o["test_acc"] for o in mine],
+                   s=14, alpha=0.5, color=colors[(i + 3) % len(colors)],
+                   label=f"other experiments' distilled students, {loss} ({len(mine)}), at x 1.1")
+    for r, marker in zip(rows, ("s", "D", "o"), strict=True):
+        ax.scatter([r["flops_per_image"]], [100 * r["test_acc"]], s=80, marker=marker,
+                   edgecolor="black", zorder=3, label=f"{r['name']}: {100 * r['test_acc']:.2f}%, "
+                   f"{_flops(r['flops_per_image'])}FLOPs, {r['params']:,} parameters")
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs per image (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def accuracy_png(histories: dict[str, list[dict]], selected: dict[str, int], title: str

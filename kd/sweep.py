@@ -1,7 +1,8 @@
-"""A temperature sweep read back from DVC: one row per finished experiment, grouped over seeds.
+"""A sweep read back from DVC: one row per finished experiment, grouped over seeds.
 
 In:  `dvc.api.exp_show()`'s rows (a flat dict per experiment) and `dvc.api.params_show()`'s params.
-Out: `Row`s and `Group`s (per dataset, setting, alpha and T: mean ± std over seeds) for tools/sweep.py.
+Out: `Row`s and `Group`s (per dataset, setting, alpha and T: mean ± std over seeds) for tools/sweep.py,
+and per distillation loss the setting chosen on validation (`by_loss`).
 """
 
 from __future__ import annotations
@@ -173,6 +174,48 @@ def chosen_on_validation(groups: list[Group]) -> list[Group]:
                 key not in best or g.distilled_val_acc.mean > best[key].distilled_val_acc.mean):
             best[key] = g
     return list(best.values())
+
+
+LOSS_KEY = "distill.loss"
+
+
+class Tried(NamedTuple):
+    """One setting of a loss, over seeds, and the loss's own knobs in it ({"dkd_beta": 8, ...})."""
+    group: Group
+    knobs: dict[str, Any]
+
+
+class LossChoice(NamedTuple):
+    """One loss on one dataset: every setting tried, and the one chosen on validation."""
+    loss: str
+    chosen: Tried
+    tried: list[Tried]
+
+
+def by_loss(rows: list[Row]) -> list[LossChoice]:
+    """Per dataset and distill.loss, the setting (the loss's own knobs, alpha and T) with the highest
+    mean validation accuracy over seeds, the first in sort order on a tie. Rows from before the
+    loss was a param are left out; settings without validation accuracy cannot be chosen."""
+    out = []
+    for dataset in sorted({r.dataset for r in rows}):
+        mine = [r for r in rows if r.dataset == dataset and r.config.get(LOSS_KEY) is not None]
+        for loss in sorted({r.config[LOSS_KEY] for r in mine}, key=lambda name: (name != "kd", name)):
+            sub = [r for r in mine if r.config[LOSS_KEY] == loss]
+            knobs = {(label, r.alpha, r.T): {k.removeprefix("distill."): v for k, v in r.config.items()
+                                             if k.startswith(f"distill.{loss}_")}
+                     for r, label in zip(sub, settings(sub), strict=True)}
+            tried = [Tried(g, knobs[(g.setting, g.alpha, g.T)]) for g in aggregate(sub)]
+            scored = [t for t in tried if t.group.distilled_val_acc is not None]
+            if scored:
+                best = max(scored, key=lambda t: t.group.distilled_val_acc.mean)
+                out.append(LossChoice(loss, best, tried))
+    return out
+
+
+def gap_closed(g: Group) -> float:
+    """The share of the teacher's lead over the student baseline that distillation won back:
+    (distilled - student) / (teacher - student), of the means over seeds."""
+    return (g.distilled_acc.mean - g.student_acc.mean) / (g.teacher_acc.mean - g.student_acc.mean)
 
 
 def settings(rows: list[Row]) -> list[str]:

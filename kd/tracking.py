@@ -50,13 +50,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from kd import distributed, io, numerics
+from kd import distributed, io, numerics, registry
 from kd.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +235,35 @@ def run_of(checkpoint: Path) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def run_metrics(run_id: str | None) -> dict[str, float]:
+    """A run's latest metrics ({} when tracking is off or there is no run)."""
+    if not (_tracking() and run_id):
+        return {}
+    import mlflow
+
+    with _store_errors():
+        mlflow.set_tracking_uri(tracking_uri())
+        return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
+
+
+def finished_runs(stage: str, dataset: str, limit: int = 1000) -> list:
+    """The newest FINISHED runs of `stage` on `dataset` in this store (MLflow Run objects); []
+    when tracking is off."""
+    if not _tracking():
+        return []
+    import mlflow
+
+    with _store_errors():
+        mlflow.set_tracking_uri(tracking_uri())
+        exp = mlflow.get_experiment_by_name(experiment_label())
+        if exp is None:
+            return []
+        return mlflow.MlflowClient().search_runs(
+            [exp.experiment_id], max_results=limit, order_by=["attributes.start_time DESC"],
+            filter_string=(f"tags.`dvc.stage` = '{stage}' and tags.dataset = '{dataset}' "
+                           "and attributes.status = 'FINISHED'"))
+
+
 def experiment_label() -> str:
     """The MLflow experiment every run goes to."""
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
@@ -255,6 +285,7 @@ class NullRun:
                   register_tags: dict | None = None) -> None: ...
     def log_file(self, name: str, data: bytes | str) -> None: ...
     def set_tags(self, tags: dict) -> None: ...
+    def log_splits(self, folder: Path, dataset: str) -> None: ...
 
 
 class StageRun:
@@ -310,9 +341,29 @@ class StageRun:
         self._model_id = info.model_id
         if register_tags is not None:
             client = self._mlflow.MlflowClient()
+            version = info.registered_model_version
             for k, v in register_tags.items():
-                client.set_model_version_tag(REGISTERED_MODEL, info.registered_model_version, k,
-                                             str(v))
+                client.set_model_version_tag(REGISTERED_MODEL, version, k, str(v))
+            with _store_lock(tracking_uri()):  # queued experiments promote side by side
+                registry.promote(client, REGISTERED_MODEL, version, register_tags["dataset"],
+                                 float(register_tags["val_acc"]))
+
+    def log_splits(self, folder: Path, dataset: str) -> None:
+        """The stored splits this run trained, chose and was scored on, as MLflow dataset inputs
+        (the runs table's Dataset column): `<dataset>/<split>`, digest = the first 32 hex digits
+        of the file's SHA-256 (MLflow keeps 36 characters), the whole SHA-256 as a tag."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        for split, context in (("train", "training"), ("val", "validation"), ("test", "evaluation")):
+            path = folder / f"{split}.pt"
+            sha = io.file_sha256(path)
+            with warnings.catch_warnings():  # MLflow registers its local-file source twice and
+                warnings.simplefilter("ignore", UserWarning)  # warns that it cannot choose
+                source = resolve_dataset_source(str(path.resolve()))
+            data = MetaDataset(source, name=f"{dataset}/{split}", digest=sha[:32])
+            with _store_errors():
+                self._mlflow.log_input(data, context=context, tags={"sha256": sha})
 
     def log_file(self, name: str, data: bytes | str) -> None:
         """An artifact named `name` with these contents (the stage's files are not written yet)."""

@@ -2,10 +2,12 @@
 
 A training stage reads top to bottom: build a model, `loop.fit` it, `evaluate` it, `save` it (in
 MLflow first, then its files). This module is the one place that decides what a result holds:
-- `metrics/<name>.json`: what experiments are compared on (`Result.summary`, plus a stage's
-  own, e.g. the distilled student's agreement): the same values for the same params and seed, so
+- `metrics/<name>.json`: what experiments are compared on (`Result.summary`: scores and the
+  model's size and FLOPs, kd/cost.py; plus a stage's own, e.g. the distilled student's
+  agreement): the same values for the same params and seed, so
   `dvc exp show` stays narrow and `dvc metrics diff` is quiet when nothing changed;
-- MLflow: those values under the same names, plus timings, losses and per-class errors;
+- MLflow: those values under the same names, plus timings (training, and the model's latency
+  and throughput), losses and per-class errors;
 - `model/<name>.pt`: weights, what is needed to rebuild the model, its test logits; nothing that
   differs between two runs with the same params, code and data (no run id, no timing), so DVC
   sees identical weights as an unchanged file;
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd import distributed, io, loop, metrics, models, resources, tracking
+from kd import cost, distributed, io, loop, metrics, models, resources, tracking
 from kd.data import Dataset
 from kd.params import Model, Params, Train
 
@@ -94,10 +96,13 @@ def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:
     val = metrics.scores(loop.predict(model, data.val, data), data.val.y, "val")
     summary = {"test_acc": test["test_acc"], "test_errors": test["test_errors"],
                "test_ece": metrics.expected_calibration_error(test_logits, data.test.y.cpu()),
-               "val_acc": val["val_acc"], "best_epoch": fit.best_epoch}
+               "val_acc": val["val_acc"], "best_epoch": fit.best_epoch,
+               **cost.size(model, data.in_shape)}
     per_class = metrics.per_class_errors(test_logits, data.test.y, data.num_classes)
+    # Timings vary by machine: MLflow and the report only. Under torchrun only rank 0 records.
+    timings = cost.speed(model, data.in_shape) if distributed.is_main() else {}
     details = {"test_loss": test["test_loss"], "val_loss": val["val_loss"],
-               "val_errors": val["val_errors"], "params": models.count_params(model),
+               "val_errors": val["val_errors"], **timings,
                "train_seconds": fit.train_seconds, "threads": fit.threads,
                "samples_per_s": sum(h["samples_per_s"] for h in fit.history) / len(fit.history),
                **{f"test_errors_class_{c}": n for c, n in enumerate(per_class)}}
@@ -131,7 +136,8 @@ def save(run, name: str, out: Outputs, model: nn.Module, arch: str, net: Model, 
         "test_logits": result.test_logits.cpu(), "dataset": data.name,
     })
     history_text = history_csv(history)
-    run.log_model(models.Servable(model, data.mean, data.std), data.test.x[:2], name,
+    # A float64 example makes a float64 signature: see models.Servable for why not uint8.
+    run.log_model(models.Servable(model, data.mean, data.std), data.test.x[:2].double(), name,
                   register_tags)
     run.log_summary({**result.summary, **result.details})
     run.log_file(out.plots.name, history_text)

@@ -28,7 +28,7 @@ import torch
 from kd import cli, data, device, distributed, io, loop, metrics, tracking, training, transfer
 from kd.archs import resolve_arch
 from kd.errors import PipelineError
-from kd.params import other_losses_keys
+from kd.params import loss_settings, other_losses_keys
 
 
 def check_lineage(soft: dict, path: Path, teacher: Path, ds: data.Dataset) -> None:
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     with cli.friendly_errors(), distributed.session():
         torch.manual_seed(p.seed)
         dev = device.pick()
-        ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
+        folder = Path(args.data or f"data/{p.dataset}")
+        ds = data.load(folder).to(dev)
         soft = io.load_torch(args.soft_targets, ("train", "val", "test", "dataset",
                                                  "teacher_sha256", "split"),
                              "soft-targets file", map_location=dev)
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         with tracking.stage_run("distill", p.dataset, settings, tags={
                 "teacher_run_id": tracking.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
+            run.log_splits(folder, p.dataset)
             fit = loop.fit(model, ds, p.distill, seed=p.seed, teacher=teacher,
                            max_norm=p.student.max_norm, run=run, label="distill")
             correction = transfer.correct_bias(model, ds, missing, t.bias_correction)
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             training.save(run, "distilled", out, model, arch, p.student, ds, result,
                           fit.history, register_tags={
                 "experiment": tracking.experiment_name(), "dataset": p.dataset, "T": p.T,
-                "alpha": p.alpha, "seed": p.seed, "test_acc": round(result.summary["test_acc"], 6),
-                "run_id": run.run_id})
+                "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
+                "val_acc": round(result.summary["val_acc"], 6),  # what picks the one to ship
+                "test_acc": round(result.summary["test_acc"], 6), "run_id": run.run_id})
         training.conclude("distill", result, fit)
 
 

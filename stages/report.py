@@ -3,7 +3,9 @@
 Reads metrics/{teacher,student,distilled}.json, the three checkpoints (their test logits, for
 per-class errors and agreement with the teacher; their MLflow run ids), the test labels and
 plots/*.csv. Writes report/report.md (tables) and report/accuracy.png (test accuracy per epoch,
-the selected epoch of each model marked), and makes this execution's *pipeline run* in MLflow:
+the selected epoch of each model marked) and report/cost.png (test accuracy against FLOPs per
+image: the three models, and the distilled students of every other experiment in the MLflow
+store on this dataset, by loss), and makes this execution's *pipeline run* in MLflow:
 named after the DVC experiment, it holds T, alpha, the loss and its settings, seed, dataset, preset
 and the architectures as params, the three test accuracies and errors, the gain and the agreement
 as metrics, and the ids of the stage runs whose models it reports (also when DVC skipped those
@@ -41,9 +43,15 @@ def main(argv: list[str] | None = None) -> None:
                                         "model checkpoint")
             histories[label] = reporting.read_history(args.plots_dir / f"{name}.csv")
         teacher_logits = ckpts["teacher"]["test_logits"]
+        # The runs that wrote these very checkpoints (found by their bytes: a killed or failed
+        # run never wrote one), also when DVC skipped their stages this time.
+        run_ids = {RUN_OF[name]: tracking.run_of(args.models_dir / f"{name}.pt")
+                   for _, name in MODELS}
         rows = [{"name": label, "arch": ckpts[name]["arch"], "params": ckpts[name]["params"],
                  **finals[name], "agreement": None if name == "teacher"
-                 else metrics.agreement(ckpts[name]["test_logits"], teacher_logits)}
+                 else metrics.agreement(ckpts[name]["test_logits"], teacher_logits),
+                 **{k: v for k, v in tracking.run_metrics(run_ids[RUN_OF[name]]).items()
+                    if k in reporting.TIMINGS}}
                 for label, name in MODELS]
         per_class = {label: metrics.per_class_errors(ckpts[name]["test_logits"], labels,
                                                      len(ckpts[name]["class_names"]))
@@ -56,20 +64,24 @@ def main(argv: list[str] | None = None) -> None:
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
             f"{p.dataset}: test accuracy per epoch (loss {p.distill.loss}, T={p.T:g}, "
             f"alpha={p.alpha:g}, seed={p.seed})")
+        # Other experiments' distilled students on this dataset, as their runs recorded them.
+        others = [{"loss": r.data.params.get("loss", "kd"), **r.data.metrics}
+                  for r in tracking.finished_runs("distill", p.dataset)
+                  if r.info.run_id != run_ids["distill_run_id"]
+                  and {"flops_per_image", "test_acc"} <= set(r.data.metrics)]
+        cost = reporting.cost_png(rows, others, f"{p.dataset}: accuracy against compute")
         params = {"experiment": experiment, "dataset": p.dataset, "preset": p.preset,
                   "T": p.T, "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}
-        # The runs that wrote these very checkpoints (found by their bytes: a killed or failed
-        # run never wrote one), also when DVC skipped their stages this time.
-        run_ids = {RUN_OF[name]: tracking.run_of(args.models_dir / f"{name}.pt")
-                   for _, name in MODELS}
         with tracking.stage_run("report", p.dataset, params, tags=run_ids, run_name=experiment,
                                 run_type="pipeline") as run:
             run.log_summary(headline)
             run.log_file("report.md", md)
             run.log_file("accuracy.png", png)
-            io.write_files({args.out / "report.md": md, args.out / "accuracy.png": png})
+            run.log_file("cost.png", cost)
+            io.write_files({args.out / "report.md": md, args.out / "accuracy.png": png,
+                            args.out / "cost.png": cost})
     print(md)
 
 

@@ -25,12 +25,14 @@ def main(role: str, doc: str, argv: list[str] | None = None) -> None:
 
     with cli.friendly_errors(), distributed.session():
         torch.manual_seed(p.seed)
-        ds = data.load(Path(args.data or f"data/{p.dataset}")).to(device.pick())
+        folder = Path(args.data or f"data/{p.dataset}")
+        ds = data.load(folder).to(device.pick())
         arch = resolve_arch(cfg.arch, p.dataset, role)
         model = training.build_model(arch, cfg, ds)
         training.announce(role, arch, model, ds, cfg)
         out = training.Outputs(args.model, args.metrics, args.plots)
         with tracking.stage_run(role, p.dataset, training.run_params(p, arch, cfg, cfg)) as run:
+            run.log_splits(folder, p.dataset)
             fit = loop.fit(model, ds, cfg, seed=p.seed, max_norm=cfg.max_norm, run=run,
                            label=role)
             result = training.evaluate(model, ds, fit)

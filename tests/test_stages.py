@@ -14,7 +14,8 @@ from tests.conftest import distill_with, metrics_file, run_stage, tiny_params, w
 
 STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
 # What metrics/<model>.json holds: the compared values only (no timings, no per-class lists).
-SAME_KEYS = {"test_acc", "test_errors", "test_ece", "val_acc", "best_epoch"}
+SAME_KEYS = {"test_acc", "test_errors", "test_ece", "val_acc", "best_epoch", "params",
+             "flops_per_image", "size_bytes"}
 TRAINING_RUNS = {"teacher": "teacher", "student": "student", "distill": "distilled"}
 # The settings every training run logs under the same names, so runs line up in the compare view.
 SHARED_PARAMS = {"dataset", "preset", "seed", "arch", "input_dropout", "dropout", "max_norm",
@@ -164,7 +165,7 @@ def test_logged_models_take_stored_images_and_reproduce_the_test_accuracy(pipeli
         assert logged.name == name
         info = mlflow.models.get_model_info(logged.model_uri)
         (spec,) = info.signature.inputs.inputs
-        assert spec.type.name == "uint8" and tuple(spec.shape) == (-1, 1, 8, 8)
+        assert spec.type.name == "float64" and tuple(spec.shape) == (-1, 1, 8, 8)  # models.Servable
         model = mlflow.pytorch.load_model(logged.model_uri)
         with torch.no_grad():
             errors = int((model(test["x"]).argmax(1) != test["y"]).sum())

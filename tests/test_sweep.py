@@ -325,3 +325,47 @@ def test_main_fails_in_one_line_outside_a_dvc_repo(tmp_path, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: dvc exp show failed") and err.count("\n") == 1
+
+
+# --- the loss comparison (--losses) ---------------------------------------------------------------
+
+
+def _loss_row(loss, seed, val, test, T=2.0, alpha=0.9, **knobs):
+    config = {"distill.loss": loss, "distill.epochs": 15, "distill.dkd_beta": 8.0,
+              "distill.dist_beta": 1.0, **{f"distill.{k}": v for k, v in knobs.items()}}
+    return sweep.Row(f"{loss}-{seed}-{T}-{knobs}", "abc1234", "fashion-mnist", T, alpha, seed,
+                     0.92 + seed / 1000, 800, 0.89 + seed / 1000, 1100, test, 0, 0.95, val, config)
+
+
+def test_each_loss_is_chosen_on_mean_validation_and_reported_on_test():
+    rows = [
+        # dkd: beta 8 wins on validation (mean 0.905) though beta 2 is better on test
+        *(_loss_row("dkd", s, 0.905, 0.900, dkd_beta=8.0) for s in (0, 1, 2)),
+        *(_loss_row("dkd", s, 0.900, 0.910, dkd_beta=2.0) for s in (0, 1, 2)),
+        *(_loss_row("kd", s, 0.90 + s / 100, 0.905, T=T) for s in (0, 1) for T in (2.0, 4.0)),
+        _loss_row("kd", 0, 0.99, 0.5, T=8.0, **{"epochs": 1}),  # another setting: not pooled
+    ]
+    rows.append(dataclasses.replace(rows[0], config={**rows[0].config, "distill.loss": None},
+                                    name="from-before-losses"))
+    choices = sweep.by_loss(rows)
+    assert [c.loss for c in choices] == ["kd", "dkd"]  # Hinton's first
+    kd, dkd = choices
+    assert dkd.chosen.knobs == {"dkd_beta": 8.0} and dkd.chosen.group.seeds == (0, 1, 2)
+    assert dkd.chosen.group.distilled_acc.mean == pytest.approx(0.900)
+    assert len(dkd.tried) == 2
+    assert kd.chosen.group.T == 8.0 and kd.chosen.knobs == {}  # the one-epoch setting: val 0.99
+    assert len(kd.tried) == 3
+    # gap closed: (distilled - student) / (teacher - student) of the means
+    g = dkd.chosen.group
+    assert sweep.gap_closed(g) == pytest.approx((0.900 - 0.891) / (0.921 - 0.891))
+    md = sweep_cli.losses_markdown(choices, "losses.png")
+    assert "| fashion-mnist | DKD (Zhao et al. 2022) | 2 | alpha=0.9, T=2, dkd_beta=8 | 0, 1, 2 | " \
+           "90.50 ± 0.00 | 90.00 ± 0.00 |" in md
+    assert "alpha=0.9, T=2, dkd_beta=2 | 0, 1, 2 | 90.00 ± 0.00 | 91.00 ± 0.00" in md
+    assert md.count("**(chosen)**") == 2 and "![distilled test accuracy per loss](losses.png)" in md
+
+
+def test_the_losses_plot_is_a_png(tmp_path):
+    rows = [_loss_row(loss, s, 0.9, 0.9 + s / 100) for loss in ("kd", "ls") for s in (0, 1)]
+    sweep_cli.losses_plot(sweep.by_loss(rows), tmp_path / "losses.png")
+    assert (tmp_path / "losses.png").read_bytes().startswith(PNG_MAGIC)

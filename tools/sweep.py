@@ -4,6 +4,7 @@ After a sweep such as `dvc exp run --queue -S T=1,2,4,8,20 -S seed=0,1,2` and
 `dvc queue start -j 2`, run from the repository root:
 
     python -m tools.sweep [--out sweep/]
+    python -m tools.sweep --losses [--out results/]   # distill.loss compared: losses.md, losses.png
 
 Reads `dvc.api.exp_show()`: params.yaml's dataset, T, alpha and seed and metrics/{teacher,student,
 distilled}.json. Writes <out>/sweep.md (per dataset and setting, the alpha and T chosen on mean
@@ -33,10 +34,14 @@ from kd import io
 from kd.reporting import markdown_table
 from kd.sweep import (
     Group,
+    LossChoice,
     Row,
     Stat,
+    Tried,
     aggregate,
+    by_loss,
     chosen_on_validation,
+    gap_closed,
     parse,
     settings,
     stat,
@@ -198,6 +203,81 @@ def accuracy_vs_T_plot(rows: list[Row], path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+LOSS_PLOT = "losses.png"
+LOSS_NAMES = {"kd": "KD (Hinton et al. 2015)", "dkd": "DKD (Zhao et al. 2022)",
+              "ls": "KD + logit standardisation (Sun et al. 2024)", "dist": "DIST (Huang et al. 2022)"}
+
+
+def _knobs(t: Tried) -> str:
+    own = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items())]
+    return ", ".join([f"alpha={t.group.alpha:g}", f"T={t.group.T:g}", *own])
+
+
+def losses_markdown(choices: list[LossChoice], plot_name: str | None = None) -> str:
+    """The loss comparison: each loss's setting chosen on validation and its test accuracy, then
+    every setting tried."""
+    chosen = markdown_table(
+        ["dataset", "loss", "settings tried", "chosen on validation", "seeds", "distilled val acc (%)",
+         "distilled test acc (%)", "gain over student (points)", "gap closed (%)"],
+        [[c.chosen.group.dataset, LOSS_NAMES.get(c.loss, c.loss), len(c.tried), _knobs(c.chosen),
+          ", ".join(map(str, c.chosen.group.seeds)), _pct(c.chosen.group.distilled_val_acc),
+          _pct(c.chosen.group.distilled_acc), _pct(c.chosen.group.gain, "+"),
+          f"{100 * gap_closed(c.chosen.group):.0f}"] for c in choices])
+    every = markdown_table(
+        ["dataset", "loss", "setting", "seeds", "distilled val acc (%)", "distilled test acc (%)",
+         "gap closed (%)"],
+        [[t.group.dataset, c.loss, _knobs(t) + (" **(chosen)**" if t is c.chosen else ""),
+          ", ".join(map(str, t.group.seeds)),
+          "—" if t.group.distilled_val_acc is None else _pct(t.group.distilled_val_acc),
+          _pct(t.group.distilled_acc), f"{100 * gap_closed(t.group):.0f}"]
+         for c in choices for t in c.tried])
+    refs = sorted({(c.chosen.group.dataset, _pct(c.chosen.group.teacher_acc),
+                    _pct(c.chosen.group.student_acc)) for c in choices})
+    parts = ["# Distillation losses compared\n",
+             "Each loss's own settings (with alpha and T) are chosen on the distilled student's mean "
+             "validation accuracy over seeds; the test accuracy of that choice is what is reported "
+             "(mean ± sample std over seeds). Gap closed: (distilled - student) / (teacher - student), "
+             "of the means. " + " ".join(f"{d}: teacher {t}%, student baseline {s}%." for d, t, s in refs)
+             + "\n",
+             "## Chosen on validation\n", chosen, "## Every setting tried\n", every]
+    if plot_name:
+        parts.append(f"![distilled test accuracy per loss]({plot_name})\n")
+    return "\n".join(parts)
+
+
+def losses_plot(choices: list[LossChoice], path: Path) -> None:
+    """Per dataset: each loss's chosen setting (test accuracy, mean ± std over seeds) and its other
+    settings as small points, with the teacher, the student baseline and half their gap."""
+    datasets = sorted({c.chosen.group.dataset for c in choices})
+    fig = Figure(figsize=(7.5, 4.4 * len(datasets)), dpi=120)
+    for i, dataset in enumerate(datasets, start=1):
+        ax = fig.add_subplot(len(datasets), 1, i)
+        mine = [c for c in choices if c.chosen.group.dataset == dataset]
+        ref = mine[0].chosen.group
+        for label, r, style, color in (("teacher", ref.teacher_acc, "--", "black"),
+                                       ("student baseline", ref.student_acc, ":", "gray")):
+            ax.axhline(100 * r.mean, linestyle=style, color=color, label=f"{label} ({_pct(r)}%)")
+        half = 50 * (ref.teacher_acc.mean + ref.student_acc.mean)
+        ax.axhline(half, linestyle="-.", color="tab:red", alpha=0.6, label="half the gap closed")
+        for x, c in enumerate(mine):
+            others = [t for t in c.tried if t is not c.chosen]
+            ax.plot([x + 0.18] * len(others), [100 * t.group.distilled_acc.mean for t in others],
+                    "o", color="gray", alpha=0.5, markersize=4,
+                    label="other settings (mean over seeds)" if x == 0 else None)
+            g = c.chosen.group
+            ax.errorbar([x], [100 * g.distilled_acc.mean], yerr=[100 * g.distilled_acc.std],
+                        marker="*", markersize=13, capsize=4, color="tab:blue", linestyle="none",
+                        label="chosen on validation (test, mean ± std)" if x == 0 else None)
+        ax.set_xticks(range(len(mine)), [c.loss for c in mine])
+        ax.set_xlim(-0.5, len(mine) - 0.3)
+        ax.set(ylabel="distilled test accuracy (%)", title=f"{dataset}: distillation losses")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def main(argv: list[str] | None = None) -> None:
     summary, _, details = __doc__.partition("\n")
     ap = argparse.ArgumentParser(prog="python -m tools.sweep", description=summary, epilog=details,
@@ -206,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="folder for sweep.md and accuracy_vs_T.png (default: sweep)")
     ap.add_argument("--repo", type=Path, default=Path("."),
                     help="the DVC repository to read (default: the current directory)")
+    ap.add_argument("--losses", action="store_true",
+                    help="compare distillation losses instead: losses.md and losses.png, each "
+                         "loss's settings chosen on validation")
     ap.add_argument("--all-commits", action="store_true",
                     help="also gather experiments based on older commits, not only HEAD's "
                          "(they may have run other code)")
@@ -221,11 +304,21 @@ def main(argv: list[str] | None = None) -> None:
         fail("no experiment has metrics yet: run `dvc repro`, or queue a sweep "
              "(`dvc exp run --queue -S T=1,2,4,8`) and `dvc queue start`")
 
-    md = markdown(rows, PLOT)
-    io.write_text(args.out / "sweep.md", md)
-    accuracy_vs_T_plot(rows, args.out / PLOT)
+    if args.losses:
+        if not (choices := by_loss(rows)):
+            fail("no finished experiment sets distill.loss with a distilled val_acc: queue some "
+                 "(`dvc exp run --queue -S distill.loss=kd,dkd,ls,dist`) and `dvc queue start`")
+        md = losses_markdown(choices, LOSS_PLOT)
+        io.write_text(args.out / "losses.md", md)
+        losses_plot(choices, args.out / LOSS_PLOT)
+        written = (args.out / "losses.md", args.out / LOSS_PLOT)
+    else:
+        md = markdown(rows, PLOT)
+        io.write_text(args.out / "sweep.md", md)
+        accuracy_vs_T_plot(rows, args.out / PLOT)
+        written = (args.out / "sweep.md", args.out / PLOT)
     print(md)
-    print(f"wrote {args.out / 'sweep.md'} and {args.out / PLOT}", file=sys.stderr)
+    print(f"wrote {written[0]} and {written[1]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""The student to ship: the registry alias, its data lineage, and `mlflow models serve` answering
+HTTP requests with exactly the predictions metrics/distilled.json was computed from."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import pytest
+import torch
+
+from kd import io, registry
+from tests.conftest import metrics_file, run_stage, tiny_params, write_params
+from tools.query import invoke
+
+STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """The digits pipeline once, in its own store."""
+    folder = tmp_path_factory.mktemp("ship")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("KD_TRACKING", raising=False)
+    write_params(folder, tiny_params())
+    for name in STAGES:
+        run_stage(name)
+    yield folder, uri
+    mp.undo()
+
+
+def test_every_training_run_records_the_stored_splits_as_dataset_inputs(shipped):
+    folder, uri = shipped
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([mlflow.get_experiment_by_name("knowledge-distillation").experiment_id])
+    training = [r for r in runs if r.info.run_name in ("teacher", "student", "distill")]
+    assert len(training) == 3
+    for run in training:
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"digits/train", "digits/val", "digits/test"}, run.info.run_name
+        for split, context in (("train", "training"), ("val", "validation"), ("test", "evaluation")):
+            d = inputs[f"digits/{split}"]
+            sha = io.file_sha256(folder / f"data/digits/{split}.pt")
+            assert d.dataset.digest == sha[:32]
+            assert {t.key: t.value for t in d.tags} == {"mlflow.data.context": context, "sha256": sha}
+
+
+def test_the_alias_names_the_registered_student(shipped):
+    _, uri = shipped
+    client = mlflow.MlflowClient(uri)
+    held = client.get_model_version_by_alias("distilled-student", registry.alias("digits"))
+    assert str(held.version) == "1" and held.tags["loss"] == "kd"
+    assert float(held.tags["val_acc"]) == pytest.approx(metrics_file(shipped[0], "distilled")["val_acc"],
+                                                        abs=1e-6)
+
+
+class _Version:
+    def __init__(self, val_acc):
+        self.tags = {"val_acc": str(val_acc)}
+
+
+class _Registry:
+    """An MLflow client's alias calls, in memory."""
+
+    def __init__(self):
+        self.aliases, self.versions = {}, {}
+
+    def get_model_version_by_alias(self, model, alias):
+        if alias not in self.aliases:
+            raise mlflow.exceptions.MlflowException(f"Registered model alias {alias} not found.")
+        return self.versions[self.aliases[alias]]
+
+    def set_registered_model_alias(self, model, alias, version):
+        self.aliases[alias] = version
+
+
+def test_the_alias_moves_only_to_a_strictly_better_validation_accuracy_per_dataset():
+    reg = _Registry()
+    moves = []
+    for version, dataset, val in (("1", "digits", 0.90), ("2", "digits", 0.89), ("3", "digits", 0.90),
+                                  ("4", "mnist", 0.50), ("5", "digits", 0.91)):
+        reg.versions[version] = _Version(val)
+        moves.append(registry.promote(reg, "distilled-student", version, dataset, val))
+    assert moves == [True, False, False, True, True]  # a tie keeps the holder
+    assert reg.aliases == {"ship-digits": "5", "ship-mnist": "4"}
+
+
+def test_an_unexpected_registry_error_is_not_taken_for_a_missing_alias():
+    class Down(_Registry):
+        def get_model_version_by_alias(self, model, alias):
+            raise mlflow.exceptions.MlflowException("connection refused")
+    with pytest.raises(mlflow.exceptions.MlflowException, match="refused"):
+        registry.promote(Down(), "distilled-student", "1", "digits", 0.9)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(shipped):
+    folder, uri = shipped
+    port = _free_port()
+    # The server starts `uvicorn` by name: this environment's, as under `uv run`.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+         f"models:/distilled-student@{registry.alias('digits')}", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow models serve did not start: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/invocations"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_served_student_answers_with_the_predictions_its_metrics_came_from(shipped, server):
+    folder, _ = shipped
+    test = torch.load(folder / "data/digits/test.pt")
+    ckpt = torch.load(folder / "model/distilled.pt")
+    logits = torch.tensor(invoke(server, test["x"].tolist()))
+    assert torch.equal(logits.argmax(1), ckpt["test_logits"].argmax(1))
+    torch.testing.assert_close(logits, ckpt["test_logits"], rtol=1e-5, atol=1e-5)
+    errors = int((logits.argmax(1) != test["y"]).sum())
+    assert errors == metrics_file(folder, "distilled")["test_errors"]
+    # Whole numbers sent as floats are the same pixels (defined, not refused).
+    as_floats = torch.tensor(invoke(server, test["x"][:5].double().tolist()))
+    assert torch.equal(as_floats, torch.tensor(invoke(server, test["x"][:5].tolist())))
+
+
+def _refusal(url, images) -> tuple[int, str]:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        invoke(url, images)
+    return err.value.code, json.loads(err.value.read()).get("message", "")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("scaled to [0, 1]", "pixel values must be whole numbers 0..255"),
+    ("x + 0.99", "pixel values must be whole numbers 0..255"),
+    ("above 255", "pixel values must be whole numbers 0..255"),
+    ("negative", "pixel values must be whole numbers 0..255"),
+    ("wrong shape", "shape"),
+    ("strings", ""),
+])
+def test_a_malformed_request_gets_a_4xx_and_the_server_lives_on(shipped, server, case, message):
+    folder, _ = shipped
+    x = torch.load(folder / "data/digits/test.pt")["x"][:4].double()
+    images = {"scaled to [0, 1]": (x / 255).tolist(), "x + 0.99": (x + 0.99).tolist(),
+              "above 255": (x + 300).tolist(), "negative": (x - 1).tolist(),
+              "wrong shape": x[:, :, :4].tolist(),
+              "strings": [[["a"] * 8] * 8] * 4}[case]
+    code, text = _refusal(server, images)
+    assert 400 <= code < 500, (code, text)
+    assert message.lower() in text.lower(), text[-500:]
+    # and it still serves
+    assert len(invoke(server, x.tolist())) == 4
