@@ -16,12 +16,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd import cli, data, io, metrics, reporting, tracking
+from kd import cli, cost, data, io, metrics, models, reporting, tracking
 from kd.params import loss_settings
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
 CHECKPOINT_KEYS = ("arch", "params", "class_names", "test_logits")  # what the report reads
 RUN_OF = {"teacher": "teacher_run_id", "student": "student_run_id", "distilled": "distill_run_id"}
+
+
+def other_students(dataset: str, ds: data.Dataset, this_run: str | None) -> list[dict]:
+    """Every other finished distill run on `dataset` in the MLflow store: its loss, test accuracy
+    and FLOPs per image (recorded, or, for runs from before kd/cost.py, counted from its `arch`)."""
+    flops_of: dict[str, int] = {}
+    out = []
+    for r in tracking.finished_runs("distill", dataset):
+        arch, flops = r.data.params.get("arch"), r.data.metrics.get("flops_per_image")
+        if r.info.run_id == this_run or "test_acc" not in r.data.metrics or not (flops or arch):
+            continue
+        if flops is None:
+            if arch not in flops_of:
+                try:
+                    net = models.build(arch, ds.in_shape, ds.num_classes)
+                except ValueError:  # an architecture this code no longer builds
+                    continue
+                flops_of[arch] = cost.size(net, ds.in_shape)["flops_per_image"]
+            flops = flops_of[arch]
+        out.append({"loss": r.data.params.get("loss", "kd"), "flops_per_image": flops,
+                    "test_acc": r.data.metrics["test_acc"]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.params_or_exit(args.params)
 
     with cli.friendly_errors():
-        labels = data.load(Path(args.data or f"data/{p.dataset}")).test.y
+        ds = data.load(Path(args.data or f"data/{p.dataset}"))
+        labels = ds.test.y
         finals, ckpts, histories = {}, {}, {}
         for label, name in MODELS:
             finals[name] = io.load_json(args.metrics_dir / f"{name}.json", "metrics file")
@@ -64,12 +87,8 @@ def main(argv: list[str] | None = None) -> None:
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
             f"{p.dataset}: test accuracy per epoch (loss {p.distill.loss}, T={p.T:g}, "
             f"alpha={p.alpha:g}, seed={p.seed})")
-        # Other experiments' distilled students on this dataset, as their runs recorded them.
-        others = [{"loss": r.data.params.get("loss", "kd"), **r.data.metrics}
-                  for r in tracking.finished_runs("distill", p.dataset)
-                  if r.info.run_id != run_ids["distill_run_id"]
-                  and {"flops_per_image", "test_acc"} <= set(r.data.metrics)]
-        cost = reporting.cost_png(rows, others, f"{p.dataset}: accuracy against compute")
+        others = other_students(p.dataset, ds, run_ids["distill_run_id"])
+        cost_png = reporting.cost_png(rows, others, f"{p.dataset}: accuracy against compute")
         params = {"experiment": experiment, "dataset": p.dataset, "preset": p.preset,
                   "T": p.T, "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
                   "teacher_arch": ckpts["teacher"]["arch"],
@@ -79,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             run.log_summary(headline)
             run.log_file("report.md", md)
             run.log_file("accuracy.png", png)
-            run.log_file("cost.png", cost)
+            run.log_file("cost.png", cost_png)
             io.write_files({args.out / "report.md": md, args.out / "accuracy.png": png,
-                            args.out / "cost.png": cost})
+                            args.out / "cost.png": cost_png})
     print(md)
 
 

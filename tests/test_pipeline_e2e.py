@@ -141,8 +141,8 @@ def test_repro_then_T_change_then_queue(repo):
     # 4. The README's terminal view: the required columns in 120 characters, the same numbers
     # as each experiment's pipeline run.
     table = sh(repo, sys.executable, "-m", "tools.compare").splitlines()
-    assert table[0].split() == ["Experiment", "dataset", "preset", "seed", "T", "alpha",
-                                "teacher", "acc", "student", "acc", "distilled", "acc"]
+    assert table[0].split() == ["Experiment", "dataset", "preset", "seed", "T", "alpha", "loss",
+                                "teacher%", "student%", "distilled%"]
     assert max(len(line) for line in table) <= 120
     lines = {line.split()[0]: line.split() for line in table[2:]}
     for name, r in piped.items():
@@ -171,6 +171,30 @@ def test_sweep_summarises_the_queued_experiments(repo, tmp_path, capsys):
     assert md.count("| digits |") == 1 + 2 + 5  # the choice on validation, two settings, five experiments
     assert md in out
     assert (tmp_path / "sweep" / "accuracy_vs_T.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_another_loss_reruns_only_distill_and_report(repo, tmp_path, capsys):
+    """`dvc exp run -S distill.loss=dkd` after the experiments above: the teacher, student and soft
+    targets stay; the experiment is its own pipeline run holding the loss and its settings; and
+    `tools.sweep --losses` compares it with kd."""
+    if not list((repo / ".git" / "refs" / "exps").rglob("*")):
+        pytest.skip("needs the experiments of test_repro_then_T_change_then_queue")
+    before = runs(repo)
+    out = sh(repo, "dvc", "exp", "run", "-S", "distill.loss=dkd")
+    assert "Running stage 'distill'" in out and "Running stage 'report'" in out
+    for stage in ("download", "teacher", "student", "soft_targets"):
+        assert f"Running stage '{stage}'" not in out
+    after = runs(repo)
+    assert count(after, "distill") == count(before, "distill") + 1
+    assert count(after, "teacher") == count(before, "teacher")
+    (dkd,) = [r for r in pipeline_runs(after).values() if r.data.params.get("loss") == "dkd"]
+    assert {k: v for k, v in dkd.data.params.items() if k.startswith(("dkd_", "dist_"))} == {
+        "dkd_alpha": "1.0", "dkd_beta": "8.0", "dkd_warmup": "2"}
+    assert "loss dkd (alpha 1, beta 8, warmup 2)" in (repo / "report/report.md").read_text()
+    sweep_cli.main(["--repo", str(repo), "--out", str(tmp_path), "--losses"])
+    md = (tmp_path / "losses.md").read_text()
+    assert "| digits | KD (Hinton et al. 2015) |" in md and "| digits | DKD (Zhao et al. 2022) | 1 |" in md
+    assert (tmp_path / "losses.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def outputs_hash(repo: Path) -> dict:

@@ -269,3 +269,22 @@ def test_each_loss_trains_and_is_recorded_with_its_own_settings_only(workdir, ml
     m = metrics_file(workdir, "distilled")
     assert 0.5 < m["test_acc"] <= 1.0  # digits, 2 epochs: a chance-level student is 0.1
     assert f"loss {loss}" in (workdir / "report/report.md").read_text()
+
+
+def test_the_cost_figure_places_every_other_distilled_student(workdir, mlflow_store):
+    """report.other_students: this store's other distill runs on the dataset, with their loss and
+    FLOPs (recorded, or counted from the run's arch when it predates kd/cost.py)."""
+    from kd import data, tracking
+    from stages import report
+
+    distill_with(workdir)
+    run_stage("distill")  # a second kd student (the run cache is DVC's; here it simply reruns)
+    with tracking.stage_run("distill", "digits", {"arch": "mlp:64", "loss": "dist"}) as old:
+        old.log_summary({"test_acc": 0.5})  # no flops_per_image: an older run
+    ds = data.load(workdir / "data/digits")
+    this = tracking.run_of(workdir / "model/distilled.pt")
+    others = report.other_students("digits", ds, this_run=this)
+    flops = metrics_file(workdir, "distilled")["flops_per_image"]
+    assert sorted((o["loss"], o["flops_per_image"]) for o in others) == sorted(
+        [("kd", flops), ("dist", 2 * (64 * 64 + 64 * 10))])  # 8x8 digits -> 64 -> 10
+    assert report.other_students("mnist", ds, this_run=None) == []
