@@ -24,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from kd.errors import PipelineError
+from kd.lineage import pid_alive
 
 
 class UnreadableFile(PipelineError):
@@ -58,17 +59,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (someone else's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def _sweep_stale(folder: Path, name: str) -> None:

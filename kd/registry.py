@@ -1,5 +1,6 @@
-"""Which registered student to ship: the alias `ship-<dataset>` on the version of
-`distilled-student` with the best validation accuracy on that dataset.
+"""The model registry: every execution's distilled student is a new version of
+`distilled-student`, tagged with its settings and scores; the alias `ship-<dataset>` names the
+version to ship, the one with the best validation accuracy on that dataset.
 
 MLflow aliases (not the deprecated stages) name one version each; `models:/distilled-student@
 ship-fashion-mnist` is what `mlflow models serve` and `mlflow.pyfunc.load_model` take. A new
@@ -11,6 +12,20 @@ in the same instant may both read the old holder, and the later write wins.
 """
 
 from __future__ import annotations
+
+from kd import store
+
+MODEL = "distilled-student"
+
+
+def tag_and_promote(client, version: str, tags: dict) -> None:
+    """Tag a new version of MODEL (`tags` holds dataset and val_acc among the rest), then move its
+    dataset's alias to it if it is better; under the store's lock, as queued experiments register
+    side by side."""
+    for k, v in tags.items():
+        client.set_model_version_tag(MODEL, version, k, str(v))
+    with store.lock(store.tracking_uri()):
+        promote(client, MODEL, version, tags["dataset"], float(tags["val_acc"]))
 
 
 def alias(dataset: str) -> str:

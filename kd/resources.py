@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from kd.tracking import store_root
+from kd.store import store_root
 
 MAX_SLOTS = 256
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)

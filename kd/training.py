@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd import cost, distributed, io, loop, metrics, models, resources, tracking
+from kd import cost, distributed, io, loop, metrics, models, resources, runs
 from kd.data import Dataset
 from kd.params import Model, Params, Train
 
@@ -141,7 +141,7 @@ def save(run, name: str, out: Outputs, model: nn.Module, arch: str, net: Model, 
                   register_tags)
     run.log_summary({**result.summary, **result.details})
     run.log_file(out.plots.name, history_text)
-    run.set_tags({tracking.CHECKPOINT_TAG: hashlib.sha256(checkpoint).hexdigest()})
+    run.set_tags({runs.CHECKPOINT_TAG: hashlib.sha256(checkpoint).hexdigest()})
     io.write_files({out.model: checkpoint, out.metrics: io.json_text(result.summary),
                     out.plots: history_text})
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kd import cli, data, device, distributed, io, loop, metrics, tracking, training, transfer
+from kd import cli, data, device, distributed, io, lineage, loop, metrics, runs, tracking, training, transfer
 from kd.archs import resolve_arch
 from kd.errors import PipelineError
 from kd.params import loss_settings, other_losses_keys
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = {k: v for k, v in training.run_params(p, arch, p.student, p.distill).items()
                     if k not in other_losses_keys(p.distill)} | {"T": p.T, "alpha": p.alpha}
         with tracking.stage_run("distill", p.dataset, settings, tags={
-                "teacher_run_id": tracking.run_of(args.teacher),
+                "teacher_run_id": runs.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
             run.log_splits(folder, p.dataset)
             fit = loop.fit(model, ds, p.distill, seed=p.seed, teacher=teacher,
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                                   agreement=metrics.agreement(result.test_logits, soft["test"]))
             training.save(run, "distilled", out, model, arch, p.student, ds, result,
                           fit.history, register_tags={
-                "experiment": tracking.experiment_name(), "dataset": p.dataset, "T": p.T,
+                "experiment": lineage.experiment_name(), "dataset": p.dataset, "T": p.T,
                 "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
                 "val_acc": round(result.summary["val_acc"], 6),  # what picks the one to ship
                 "test_acc": round(result.summary["test_acc"], 6), "run_id": run.run_id})

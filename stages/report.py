@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd import cli, cost, data, io, metrics, models, reporting, tracking
+from kd import cli, cost, data, io, lineage, metrics, models, reporting, runs, tracking
 from kd.params import loss_settings
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
@@ -29,7 +29,7 @@ def other_students(dataset: str, ds: data.Dataset, this_run: str | None) -> list
     and FLOPs per image (recorded, or, for runs from before kd/cost.py, counted from its `arch`)."""
     flops_of: dict[str, int] = {}
     out = []
-    for r in tracking.finished_runs("distill", dataset):
+    for r in runs.finished_runs("distill", dataset):
         arch, flops = r.data.params.get("arch"), r.data.metrics.get("flops_per_image")
         if r.info.run_id == this_run or "test_acc" not in r.data.metrics or not (flops or arch):
             continue
@@ -68,19 +68,19 @@ def main(argv: list[str] | None = None) -> None:
         teacher_logits = ckpts["teacher"]["test_logits"]
         # The runs that wrote these very checkpoints (found by their bytes: a killed or failed
         # run never wrote one), also when DVC skipped their stages this time.
-        run_ids = {RUN_OF[name]: tracking.run_of(args.models_dir / f"{name}.pt")
+        run_ids = {RUN_OF[name]: runs.run_of(args.models_dir / f"{name}.pt")
                    for _, name in MODELS}
         rows = [{"name": label, "arch": ckpts[name]["arch"], "params": ckpts[name]["params"],
                  **finals[name], "agreement": None if name == "teacher"
                  else metrics.agreement(ckpts[name]["test_logits"], teacher_logits),
-                 **{k: v for k, v in tracking.run_metrics(run_ids[RUN_OF[name]]).items()
+                 **{k: v for k, v in runs.run_metrics(run_ids[RUN_OF[name]]).items()
                     if k in reporting.TIMINGS}}
                 for label, name in MODELS]
         per_class = {label: metrics.per_class_errors(ckpts[name]["test_logits"], labels,
                                                      len(ckpts[name]["class_names"]))
                      for label, name in MODELS}
         headline = reporting.headline(finals, rows[1]["agreement"], rows[2]["agreement"])
-        experiment = tracking.experiment_name()
+        experiment = lineage.experiment_name()
         md = reporting.report_markdown(p, experiment, rows, headline, finals["distilled"],
                                        ckpts["teacher"]["class_names"], per_class)
         png = reporting.accuracy_png(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kd import cli, data, device, distributed, io, loop, metrics, tracking, training
+from kd import cli, data, device, distributed, io, loop, metrics, runs, tracking, training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher, _ = training.load_checkpoint(args.teacher, dev)
         settings = {"dataset": p.dataset, "world_size": distributed.world_size()}
         with tracking.stage_run("soft_targets", p.dataset, settings,
-                                tags={"teacher_run_id": tracking.run_of(args.teacher)}) as run:
+                                tags={"teacher_run_id": runs.run_of(args.teacher)}) as run:
             t0 = time.perf_counter()
             # Under torchrun each rank scores a block of rows; every rank gets them all, in order.
             logits = {s: loop.predict(teacher, getattr(ds, s), ds).cpu()

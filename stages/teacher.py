@@ -1,10 +1,10 @@
 """Stage 2: train the teacher (the big, regularised model) with plain cross-entropy (see
-stages/supervised.py). Run: python -m stages.teacher
+kd/supervised.py). Run: python -m stages.teacher
 """
 
 from functools import partial
 
-from stages import supervised
+from kd import supervised
 
 main = partial(supervised.main, "teacher", __doc__)
 

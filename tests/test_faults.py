@@ -15,7 +15,8 @@ import mlflow
 import pytest
 import torch
 
-from kd import tracking
+from kd import lineage
+from kd import runs as lookup
 from stages import check, distill, report, soft_targets, teacher
 from tests.conftest import ROOT, fails_cleanly, run_stage, tiny_params, write_params
 
@@ -205,7 +206,7 @@ def test_identical_runs_write_identical_files_and_the_run_is_found_by_them(proje
     teacher.main([])
     assert [p.read_bytes() for p in outputs] == before  # DVC sees no change: nothing downstream
     newest = max(runs(project, "teacher"), key=lambda r: r.info.start_time)
-    assert tracking.run_of(outputs[0]) == newest.info.run_id
+    assert lookup.run_of(outputs[0]) == newest.info.run_id
     assert "mlflow_run_id" not in torch.load(outputs[0], weights_only=True)
 
 
@@ -244,16 +245,16 @@ def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_li
 
 
 def test_a_process_is_gone_only_when_provably_so(monkeypatch):
-    me = tracking.process_id()
-    assert not tracking.process_gone(me)
+    me = lineage.process_id()
+    assert not lineage.process_gone(me)
     boot, pid, started = me.rsplit(":", 2)
-    assert tracking.process_gone(f"{boot}:{pid}:{int(started) + 1}")  # the PID, reused later
-    assert tracking.process_gone(f"another-boot:{pid}:{started}")  # rebooted since
+    assert lineage.process_gone(f"{boot}:{pid}:{int(started) + 1}")  # the PID, reused later
+    assert lineage.process_gone(f"another-boot:{pid}:{started}")  # rebooted since
     # Without /proc (macOS): alive while the PID exists, never judged by a missing start time
-    monkeypatch.setattr(tracking, "_start_time", lambda pid: None)
-    monkeypatch.setattr(tracking, "_boot_id", lambda: "")
-    assert tracking.process_id() == f":{os.getpid()}:"
-    assert not tracking.process_gone(tracking.process_id())
+    monkeypatch.setattr(lineage, "_start_time", lambda pid: None)
+    monkeypatch.setattr(lineage, "_boot_id", lambda: "")
+    assert lineage.process_id() == f":{os.getpid()}:"
+    assert not lineage.process_gone(lineage.process_id())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert tracking.process_gone(f":{dead.pid}:")
+    assert lineage.process_gone(f":{dead.pid}:")

@@ -274,7 +274,7 @@ def test_each_loss_trains_and_is_recorded_with_its_own_settings_only(workdir, ml
 def test_the_cost_figure_places_every_other_distilled_student(workdir, mlflow_store):
     """report.other_students: this store's other distill runs on the dataset, with their loss and
     FLOPs (recorded, or counted from the run's arch when it predates kd/cost.py)."""
-    from kd import data, tracking
+    from kd import data, runs, tracking
     from stages import report
 
     distill_with(workdir)
@@ -282,7 +282,7 @@ def test_the_cost_figure_places_every_other_distilled_student(workdir, mlflow_st
     with tracking.stage_run("distill", "digits", {"arch": "mlp:64", "loss": "dist"}) as old:
         old.log_summary({"test_acc": 0.5})  # no flops_per_image: an older run
     ds = data.load(workdir / "data/digits")
-    this = tracking.run_of(workdir / "model/distilled.pt")
+    this = runs.run_of(workdir / "model/distilled.pt")
     others = report.other_students("digits", ds, this_run=this)
     flops = metrics_file(workdir, "distilled")["flops_per_image"]
     assert sorted((o["loss"], o["flops_per_image"]) for o in others) == sorted(

@@ -1,8 +1,9 @@
-"""Stages 2 and 3: train a network on the labels alone, with plain cross-entropy.
+"""Train a network on the labels alone, with plain cross-entropy: the body of stages 2 and 3.
 
 The teacher (stages/teacher.py) and the student baseline (stages/student.py) are the same stage
-for two roles: each reads params dataset, seed and its own section (`teacher.*` or `student.*`),
-and writes model/<role>.pt, metrics/<role>.json, plots/<role>.csv and one MLflow run.
+for two roles, so both call `main` here (a stage never imports another stage). Each reads params
+dataset, seed and its own section (`teacher.*` or `student.*`), and writes model/<role>.pt,
+metrics/<role>.json, plots/<role>.csv and one MLflow run.
 """
 
 from __future__ import annotations
