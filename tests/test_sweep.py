@@ -369,3 +369,18 @@ def test_the_losses_plot_is_a_png(tmp_path):
     rows = [_loss_row(loss, s, 0.9, 0.9 + s / 100) for loss in ("kd", "ls") for s in (0, 1)]
     sweep_cli.losses_plot(sweep.by_loss(rows), tmp_path / "losses.png")
     assert (tmp_path / "losses.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_failed_experiments_are_listed_with_their_loss_settings():
+    shown = [{"Experiment": "hot-dkd", "rev": "a" * 7, "State": "Failed", "dataset": "fashion-mnist",
+              "distill.loss": "dkd", "distill.dkd_beta": 8.0, "distill.dkd_alpha": 1.0,
+              "distill.dist_beta": 1.0, "T": 2.0, "alpha": 0.9, "seed": 1.0},
+             {"Experiment": "fine", "rev": "b" * 7, "State": "Success", "distill.loss": "kd"},
+             {"Experiment": "old-failure", "rev": "c" * 7, "State": "Failed"}]  # before losses
+    table = sweep_cli.failed_table(shown)
+    assert table.splitlines()[2] == \
+        "| hot-dkd | fashion-mnist | dkd | 0.9 | 2 | dkd_alpha=1, dkd_beta=8 | 1 |"
+    assert len(table.splitlines()) == 3
+    assert sweep_cli.failed_table(shown[1:]) is None
+    md = sweep_cli.losses_markdown(sweep.by_loss([_loss_row("kd", 0, 0.9, 0.9)]), failed=table)
+    assert "## Experiments that failed" in md and "| hot-dkd |" in md

@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from kd import io
 from kd.reporting import markdown_table
 from kd.sweep import (
+    LOSS_KEY,
     Group,
     LossChoice,
     Row,
@@ -213,7 +214,8 @@ def _knobs(t: Tried) -> str:
     return ", ".join([f"alpha={t.group.alpha:g}", f"T={t.group.T:g}", *own])
 
 
-def losses_markdown(choices: list[LossChoice], plot_name: str | None = None) -> str:
+def losses_markdown(choices: list[LossChoice], plot_name: str | None = None,
+                    failed: str | None = None) -> str:
     """The loss comparison: each loss's setting chosen on validation and its test accuracy, then
     every setting tried."""
     chosen = markdown_table(
@@ -240,9 +242,31 @@ def losses_markdown(choices: list[LossChoice], plot_name: str | None = None) -> 
              "of the means. " + " ".join(f"{d}: teacher {t}%, student baseline {s}%." for d, t, s in refs)
              + "\n",
              "## Chosen on validation\n", chosen, "## Every setting tried\n", every]
+    if failed:
+        parts += ["## Experiments that failed\n",
+                  "Not in the tables above: their stage stopped (`dvc queue logs <experiment>` says "
+                  "why; a diverged loss says `training loss became nan`).\n", failed]
     if plot_name:
         parts.append(f"![distilled test accuracy per loss]({plot_name})\n")
     return "\n".join(parts)
+
+
+def failed_table(shown: list[dict]) -> str | None:
+    """The experiments that failed (a loss that diverged, say), with the loss settings they ran;
+    None when none did."""
+    failed = [r for r in shown if r.get("State") == "Failed" and r.get(LOSS_KEY)]
+    if not failed:
+        return None
+    def knobs(r: dict) -> str:
+        own = sorted((k.removeprefix("distill."), v) for k, v in r.items()
+                     if k.startswith(f"distill.{r[LOSS_KEY]}_"))
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in own)
+    return markdown_table(
+        ["experiment", "dataset", "loss", "alpha", "T", "own settings", "seed"],
+        [[r.get("Experiment") or r["rev"], r.get("dataset"), r[LOSS_KEY], f"{r.get('alpha'):g}",
+          f"{r.get('T'):g}", knobs(r), f"{r.get('seed'):g}"]
+         for r in sorted(failed, key=lambda r: (str(r.get("dataset")), r[LOSS_KEY], knobs(r),
+                                                r.get("T"), r.get("seed")))])
 
 
 def losses_plot(choices: list[LossChoice], path: Path) -> None:
@@ -308,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (choices := by_loss(rows)):
             fail("no finished experiment sets distill.loss with a distilled val_acc: queue some "
                  "(`dvc exp run --queue -S distill.loss=kd,dkd,ls,dist`) and `dvc queue start`")
-        md = losses_markdown(choices, LOSS_PLOT)
+        md = losses_markdown(choices, LOSS_PLOT, failed_table(shown))
         io.write_text(args.out / "losses.md", md)
         losses_plot(choices, args.out / LOSS_PLOT)
         written = (args.out / "losses.md", args.out / LOSS_PLOT)
