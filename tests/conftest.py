@@ -6,6 +6,7 @@ import copy
 import hashlib
 import importlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_TRAIN = {"epochs": 2, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
               "shift": 0, "flip": False, "grad_clip": 0.0, "mixup": 0.0}
 TINY_MODEL = {"arch": "auto", "input_dropout": 0.0, "dropout": 0.0, "max_norm": 0.0}
+
+
+def committed(rel: str) -> str:
+    """A file's text as HEAD has it: what the repository ships, not what a user's experiments
+    (`dvc exp run -S ...` rewrites params.yaml) left in the working copy. Outside a git checkout
+    (an unpacked archive), the file itself."""
+    proc = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else (ROOT / rel).read_text()
 
 
 def tiny_params() -> dict:

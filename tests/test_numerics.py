@@ -21,7 +21,7 @@ from torch import nn
 
 from kd import numerics
 from kd.conv import Conv2d
-from tests.conftest import ROOT, run_stage, tiny_params, write_params
+from tests.conftest import ROOT, committed, run_stage, tiny_params, write_params
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # An AVX2-only machine, as far as MKL, oneDNN and ATen can tell.
@@ -204,7 +204,7 @@ def test_digits_pipeline_writes_the_same_bytes_at_1_2_4_threads_and_under_avx2_c
 def test_fashion_mnist_cnn_teacher_writes_the_same_bytes_at_1_2_4_threads_and_under_avx2_caps(
         tmp_path):
     """The default teacher (cnn:32-64, dropout 0.3) for one epoch on half the real training set."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(committed("params.yaml"))  # the shipped teacher, whatever was run since
     raw.update(dataset="fashion-mnist", preset="none", numerics="portable")
     raw["data"].update(root=str(FASHION), val_fraction=0.5)
     raw["teacher"].update(arch="cnn:32-64", epochs=1)

@@ -1,13 +1,14 @@
 """params.yaml validation: every bad value stops a stage with exit 2 and a message naming the key."""
 
 import pytest
+import yaml
 
 from kd.params import DATASETS, PRESETS, ParamsError, load, validate
-from tests.conftest import ROOT, tiny_params, write_params
+from tests.conftest import ROOT, committed, tiny_params, write_params
 
 
 def test_the_shipped_params_file_is_valid():
-    p = load(ROOT / "params.yaml")
+    p = validate(yaml.safe_load(committed("params.yaml")))
     assert p.dataset == "fashion-mnist"
     assert p.T > 0 and 0 <= p.alpha <= 1
 
