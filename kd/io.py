@@ -141,11 +141,6 @@ def json_text(obj) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write `obj` as JSON (json_text) to `path` atomically."""
-    write_text(path, json_text(obj))
-
-
 def load_json(path: str | Path, what: str = "JSON file") -> dict:
     """A JSON object from `path`; missing, unparsable or not an object is one UnreadableFile."""
     path = Path(path)

@@ -5,12 +5,19 @@ import pytest
 from kd import io
 
 
-def test_write_replaces_whole_file(tmp_path):
-    target = tmp_path / "sub" / "m.json"
-    io.write_json(target, {"a": 1})
-    io.write_json(target, {"a": 2})
-    assert target.read_text() == '{\n  "a": 2\n}\n'
-    assert [p.name for p in target.parent.iterdir()] == ["m.json"]
+def test_write_files_replaces_them_all_or_none(tmp_path):
+    """What a training stage writes (checkpoint, metrics, history): all new files, or the old
+    ones when any write fails (here the second target's folder is a file)."""
+    model, metrics = tmp_path / "model" / "m.pt", tmp_path / "metrics" / "m.json"
+    io.write_files({model: b"weights 1", metrics: io.json_text({"a": 1})})
+    io.write_files({model: b"weights 2", metrics: io.json_text({"a": 2})})
+    assert model.read_bytes() == b"weights 2" and metrics.read_text() == '{\n  "a": 2\n}\n'
+    (tmp_path / "plots").write_text("a file where a folder should be")
+    with pytest.raises(io.WriteError, match="a file is where a folder should be"):
+        io.write_files({model: b"weights 3", tmp_path / "plots" / "m.csv": "epoch\n"})
+    assert model.read_bytes() == b"weights 2"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.json", "m.pt", "metrics", "model",
+                                                           "plots"]  # no temporaries
 
 
 def test_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
