@@ -1,5 +1,6 @@
 """Each stage's main() on digits in a temp folder, recorded in a temporary MLflow store."""
 
+import csv
 import hashlib
 import json
 import subprocess
@@ -10,6 +11,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
+from kd import training
 from tests.conftest import distill_with, metrics_file, run_stage, tiny_params, write_params
 
 STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
@@ -70,21 +72,66 @@ def test_soft_targets_record_the_teacher_and_the_split_they_came_from(pipeline):
     assert soft["split"] == {"dataset": "digits", "split_seed": 0, "val_fraction": 0.1}
 
 
-def test_metrics_files_hold_the_compared_values_recomputable_from_the_checkpoints(pipeline):
-    folder, _ = pipeline
-    labels = torch.load(folder / "data/digits/test.pt")["y"]
-    teacher_logits = torch.load(folder / "model/teacher.pt")["test_logits"]
-    for name in ("teacher", "student", "distilled"):
+def _rerun_weights(folder, name):
+    """The checkpoint's weights rebuilt and run on the stored test images, outside the stage's
+    own scoring: the logits (N, classes) and the labels."""
+    test = torch.load(folder / "data/digits/test.pt")
+    meta = json.loads((folder / "data/digits/meta.json").read_text())
+    model, _ = training.load_checkpoint(folder / f"model/{name}.pt", torch.device("cpu"))
+    mean, std = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        return model((test["x"].float() / 255 - mean) / std), test["y"]
+
+
+def _ece_by_hand(logits, labels, bins=15):
+    """Guo et al. (2017): sum over equal-width confidence bins of |accuracy - confidence| * share."""
+    probs = torch.softmax(logits.double(), 1)
+    conf, pred = probs.max(1)
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [i for i in range(len(conf)) if lo < conf[i] <= hi or (b == 0 and conf[i] == 0)]
+        if inside:
+            acc = sum(int(pred[i] == labels[i]) for i in inside) / len(inside)
+            total += abs(acc - sum(float(conf[i]) for i in inside) / len(inside)) * len(inside)
+    return total / len(conf)
+
+
+def test_metrics_files_hold_what_the_saved_weights_score(pipeline):
+    """Recomputed from first principles: the checkpoint's weights run afresh on the test images
+    (not the logits the stage saved), errors, ECE and per-class errors counted by hand."""
+    folder, uri = pipeline
+    _, runs = runs_by_stage(uri)
+    teacher_pred = _rerun_weights(folder, "teacher")[0].argmax(1)
+    for stage, name in TRAINING_RUNS.items():
         m = metrics_file(folder, name)
         extra = {"agreement", "transfer_images", "bias_correction"} if name == "distilled" else set()
         assert set(m) == SAME_KEYS | extra
-        # Independently of the stage's own scoring: the saved test logits against the labels.
-        logits = torch.load(folder / f"model/{name}.pt")["test_logits"]
-        assert m["test_errors"] == int((logits.argmax(1) != labels).sum())
-        assert m["test_acc"] == 1 - m["test_errors"] / len(labels)
-    agree = float((torch.load(folder / "model/distilled.pt")["test_logits"].argmax(1)
-                   == teacher_logits.argmax(1)).float().mean())
-    assert metrics_file(folder, "distilled")["agreement"] == pytest.approx(agree)
+        logits, labels = _rerun_weights(folder, name)
+        pred = logits.argmax(1)
+        assert m["test_errors"] == sum(int(p != y) for p, y in zip(pred, labels, strict=True))
+        assert m["test_acc"] == pytest.approx(1 - m["test_errors"] / len(labels))
+        assert m["test_ece"] == pytest.approx(_ece_by_hand(logits, labels), abs=1e-4)
+        per_class = [sum(int(p != y) for p, y in zip(pred, labels, strict=True) if y == c)
+                     for c in range(10)]
+        ran = runs[stage][0].data.metrics
+        assert [ran[f"test_errors_class_{c}"] for c in range(10)] == per_class
+        if name == "distilled":
+            assert m["agreement"] == pytest.approx(float((pred == teacher_pred).float().mean()))
+
+
+def test_each_model_is_its_best_validation_epoch(pipeline):
+    """best_epoch is the history's first epoch of highest validation accuracy, and the metrics
+    file's scores are that epoch's row of plots/<name>.csv."""
+    folder, _ = pipeline
+    for name in ("teacher", "student", "distilled"):
+        rows = [{k: float(v) for k, v in r.items()}
+                for r in csv.DictReader(open(folder / f"plots/{name}.csv"))]
+        best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
+        m = metrics_file(folder, name)
+        assert m["best_epoch"] == best["epoch"]
+        assert (m["val_acc"], m["test_acc"], m["test_errors"]) == pytest.approx(
+            (best["val_acc"], best["test_acc"], best["test_errors"]))
 
 
 def test_one_mlflow_run_per_stage_with_shared_params_and_no_empty_tags(pipeline):

@@ -90,3 +90,22 @@ def test_distill_stage_on_a_fraction(workdir, mlflow_store):
     counts = torch.bincount(torch.load(workdir / "data/digits/train.pt")["y"], minlength=10)
     assert m["transfer_images"] == sum(max(1, round(0.1 * int(c))) for c in counts)  # 10% per class
     assert m["bias_correction"] == 0.0
+
+
+def test_distill_stage_keeps_two_classes_and_corrects_the_other_eight(workdir, mlflow_store):
+    """The paper's keep-only-7-and-8 transfer set through the stage: the eight absent classes all
+    get the same bias shift (3.0 here), the model saved is the corrected one."""
+    distill_with(workdir, keep_classes=[7, 8], bias_correction=3.0)
+    m = json.loads((workdir / "metrics/distilled.json").read_text())
+    train_y = torch.load(workdir / "data/digits/train.pt")["y"]
+    assert m["transfer_images"] == int(((train_y == 7) | (train_y == 8)).sum())
+    assert m["bias_correction"] == 3.0
+    labels = torch.load(workdir / "data/digits/test.pt")["y"]
+    logits = torch.load(workdir / "model/distilled.pt")["test_logits"]
+    assert int((logits.argmax(1) != labels).sum()) == m["test_errors"]
+    absent = [c for c in range(10) if c not in (7, 8)]
+    logits[:, absent] -= 3.0
+    assert int((logits.argmax(1) != labels).sum()) == m["test_errors_uncorrected"]
+    # uncorrected, a student that saw only 7s and 8s gets most other digits wrong
+    assert m["test_errors_uncorrected"] > 0.6 * len(labels)
+    assert m["test_errors"] != m["test_errors_uncorrected"]  # the shift changed predictions
