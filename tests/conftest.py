@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,28 @@ def tiny_params() -> dict:
                     "bias_correction": "auto", "loss": "kd", "dkd_alpha": 1.0, "dkd_beta": 8.0,
                     "dkd_warmup": 2, "dist_beta": 1.0, "dist_gamma": 1.0},
     })
+
+
+STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
+
+
+@contextlib.contextmanager
+def project(tmp_path_factory, name: str, **env: str) -> Iterator[tuple[Path, str]]:
+    """A module's project folder (tiny params) with its own MLflow store, as the working
+    directory with `env` set: yields (folder, tracking URI); run the stages in it."""
+    folder = tmp_path_factory.mktemp(name)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("KD_TRACKING", raising=False)
+    for key, value in env.items():
+        mp.setenv(key, value)
+    write_params(folder, tiny_params())
+    try:
+        yield folder, uri
+    finally:
+        mp.undo()
 
 
 def write_params(folder: Path, params: dict) -> Path:

@@ -17,7 +17,7 @@ import torch
 
 from kd import distributed
 from kd.distributed import TIMEOUT
-from tests.conftest import ROOT, hash_tree, metrics_file, run_stage, tiny_params, write_params
+from tests.conftest import ROOT, hash_tree, metrics_file, project, run_stage, tiny_params, write_params
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -39,26 +39,20 @@ def acc(folder, name):
 def ranks(tmp_path_factory):
     """Teacher and soft targets in one process, then teacher, soft targets and distill with 2
     ranks (to other file names where a 1-process output is kept for comparison)."""
-    folder = tmp_path_factory.mktemp("ddp")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(folder)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.delenv("KD_TRACKING", raising=False)
-    raw = tiny_params()
-    for section in ("teacher", "distill"):
-        raw[section]["epochs"] = 6
-    write_params(folder, raw)
-    for name in ("download", "teacher", "soft_targets"):
-        run_stage(name)
-    before = set(hash_tree(folder))
-    outs = {"teacher": ["--model", "model/teacher2.pt", "--metrics", "metrics/teacher2.json",
-                        "--plots", "plots/teacher2.csv"],
-            "soft_targets": ["--out", "model/soft_targets2.pt"],  # from the 1-process teacher
-            "distill": []}
-    logs = {name: torchrun(folder, "-m", f"stages.{name}", *argv) for name, argv in outs.items()}
-    yield folder, uri, before, logs
-    mp.undo()
+    with project(tmp_path_factory, "ddp") as (folder, uri):
+        raw = tiny_params()
+        for section in ("teacher", "distill"):
+            raw[section]["epochs"] = 6
+        write_params(folder, raw)
+        for name in ("download", "teacher", "soft_targets"):
+            run_stage(name)
+        before = set(hash_tree(folder))
+        outs = {"teacher": ["--model", "model/teacher2.pt", "--metrics", "metrics/teacher2.json",
+                            "--plots", "plots/teacher2.csv"],
+                "soft_targets": ["--out", "model/soft_targets2.pt"],  # from the 1-process teacher
+                "distill": []}
+        logs = {name: torchrun(folder, "-m", f"stages.{name}", *argv) for name, argv in outs.items()}
+        yield folder, uri, before, logs
 
 
 @pytest.mark.slow

@@ -15,26 +15,17 @@ import pytest
 import torch
 
 from kd import io, registry
-from tests.conftest import metrics_file, run_stage, tiny_params, write_params
+from tests.conftest import STAGES, metrics_file, project, run_stage
 from tools.query import invoke
-
-STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
 
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """The digits pipeline once, in its own store."""
-    folder = tmp_path_factory.mktemp("ship")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(folder)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.delenv("KD_TRACKING", raising=False)
-    write_params(folder, tiny_params())
-    for name in STAGES:
-        run_stage(name)
-    yield folder, uri
-    mp.undo()
+    with project(tmp_path_factory, "ship") as (folder, uri):
+        for name in STAGES:
+            run_stage(name)
+        yield folder, uri
 
 
 def test_every_training_run_records_the_stored_splits_as_dataset_inputs(shipped):

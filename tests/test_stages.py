@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from kd import training
-from tests.conftest import distill_with, metrics_file, run_stage, tiny_params, write_params
+from tests.conftest import STAGES, distill_with, metrics_file, project, run_stage, tiny_params, write_params
 
-STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
 # What metrics/<model>.json holds: the compared values only (no timings, no per-class lists).
 SAME_KEYS = {"test_acc", "test_errors", "test_ece", "val_acc", "best_epoch", "params",
              "flops_per_image", "size_bytes"}
@@ -38,18 +37,10 @@ def runs_by_stage(uri):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Run all six stages once in order; the tests below inspect what they left."""
-    folder = tmp_path_factory.mktemp("pipeline")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(folder)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.setenv("DVC_EXP_NAME", "smoke-exp")
-    mp.delenv("KD_TRACKING", raising=False)
-    write_params(folder, tiny_params())
-    for name in STAGES:
-        run_stage(name)
-    yield folder, uri
-    mp.undo()
+    with project(tmp_path_factory, "pipeline", DVC_EXP_NAME="smoke-exp") as (folder, uri):
+        for name in STAGES:
+            run_stage(name)
+        yield folder, uri
 
 
 def test_every_output_is_written(pipeline):
