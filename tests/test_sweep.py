@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from kd import sweep
 from tests.conftest import PNG_MAGIC
 from tests.project_repo import sh
 from tools import sweep as sweep_cli
+from tools import sweep_rows as sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURED = Path(__file__).parent / "data" / "exp_show.json"
@@ -179,7 +179,7 @@ def test_each_setting_has_its_own_teacher_and_student(shown, params):
 SWEEP_OUTPUT = """
 import hashlib, json, sys
 from pathlib import Path
-from kd import sweep
+from tools import sweep_rows as sweep
 from tools import sweep as cli
 shown = json.loads(Path(sys.argv[1]).read_text())
 rows, notes = sweep.parse(shown["exp_show"], shown["params_show"])

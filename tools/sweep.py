@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from kd import io
 from kd.reporting import markdown_table
-from kd.sweep import (
+from tools.sweep_rows import (
     LOSS_KEY,
     Group,
     LossChoice,

@@ -1,19 +1,21 @@
-"""A sweep read back from DVC: one row per finished experiment, grouped over seeds.
+"""A sweep read back from DVC for tools/sweep.py: one row per finished experiment, grouped over
+seeds.
 
 In:  `dvc.api.exp_show()`'s rows (a flat dict per experiment) and `dvc.api.params_show()`'s params.
-Out: `Row`s and `Group`s (per dataset, setting, alpha and T: mean ± std over seeds) for tools/sweep.py,
-and per distillation loss the setting chosen on validation (`by_loss`).
+Out: `Row`s and `Group`s (per dataset, setting, alpha and T: mean ± sample std over seeds, pandas'
+groupby), and per distillation loss the setting chosen on validation (`by_loss`).
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NamedTuple
+
+import pandas as pd
 
 MODELS = ("teacher", "student", "distilled")
 SWEPT = ("dataset", "T", "alpha", "seed")
@@ -143,23 +145,32 @@ def _value(value: Any, like: Any) -> Any:
 
 
 def stat(values: Iterable[float]) -> Stat:
-    values = list(values)
-    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+    return _stat(pd.Series(list(values), dtype=float))
+
+
+def _stat(s: pd.Series) -> Stat:
+    return Stat(float(s.mean()), float(s.std()) if len(s) > 1 else 0.0, len(s))  # std: n - 1
+
+
+KEYS = ["dataset", "setting", "alpha", "T"]  # one Group each
+SCORES = ["distilled_acc", "distilled_errors", "gain", "teacher_acc", "student_acc"]
 
 
 def aggregate(rows: list[Row]) -> list[Group]:
     """Rows -> one Group per (dataset, setting, alpha, T), sorted by those four; rows whose other
     params differ (an omitted class, a smaller transfer set) are never pooled as seeds."""
-    by_key: dict[tuple[str, str, float, float], list[Row]] = {}
-    for r, label in zip(rows, settings(rows), strict=True):
-        by_key.setdefault((r.dataset, label, r.alpha, r.T), []).append(r)
-    return [Group(d, label, a, t, tuple(sorted(r.seed for r in rs)),
-                  stat(r.distilled_acc for r in rs), stat(r.distilled_errors for r in rs),
-                  stat(r.distilled_acc - r.student_acc for r in rs),
-                  stat(r.teacher_acc for r in rs), stat(r.student_acc for r in rs),
-                  None if any(r.distilled_val_acc is None for r in rs)
-                  else stat(r.distilled_val_acc for r in rs))
-            for (d, label, a, t), rs in sorted(by_key.items())]
+    frame = pd.DataFrame([{"dataset": r.dataset, "setting": label, "alpha": r.alpha, "T": r.T,
+                           "seed": r.seed, "distilled_acc": r.distilled_acc,
+                           "distilled_errors": r.distilled_errors,
+                           "gain": r.distilled_acc - r.student_acc,  # paired by experiment
+                           "teacher_acc": r.teacher_acc, "student_acc": r.student_acc,
+                           "distilled_val_acc": r.distilled_val_acc}
+                          for r, label in zip(rows, settings(rows), strict=True)])
+    if frame.empty:
+        return []
+    return [Group(*key, tuple(sorted(g["seed"].tolist())), *(_stat(g[c]) for c in SCORES),
+                  None if g["distilled_val_acc"].isna().any() else _stat(g["distilled_val_acc"]))
+            for key, g in frame.groupby(KEYS, sort=True)]
 
 
 def chosen_on_validation(groups: list[Group]) -> list[Group]:
