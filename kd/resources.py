@@ -16,9 +16,9 @@ whatever share it gets. Under native numerics it does change the last bits.
 
 Memory. glibc keeps freed blocks for reuse, and after the first large free it raises its
 mmap threshold to 32 MiB and its trim threshold to twice that, per arena; torch's worker
-threads each get an arena, so activations freed batch after batch stay resident: the
-soft_targets stage grew to 2 GiB on Fashion-MNIST. Fixing the thresholds (mallopt) stops the
-growth (0.8 GiB) at no measurable cost in speed (benchmarks/throughput.py --stages).
+threads each get an arena, so activations freed batch after batch stay resident and a stage's
+memory grows with every batch it scores. Fixing the thresholds (mallopt) stops that growth;
+`benchmarks/throughput.py --stages` measures each stage's peak memory and time with and without.
 """
 
 from __future__ import annotations

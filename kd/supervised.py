@@ -31,11 +31,11 @@ def main(role: str, doc: str, argv: list[str] | None = None) -> None:
         arch = resolve_arch(cfg.arch, p.dataset, role)
         model = training.build_model(arch, cfg, ds)
         training.announce(role, arch, model, ds, cfg)
-        out = training.Outputs(args.model, args.metrics, args.plots)
+        out = training.Outputs(role, args.model, args.metrics, args.plots)
         with tracking.stage_run(role, p.dataset, training.run_params(p, arch, cfg, cfg)) as run:
             run.log_splits(folder, p.dataset)
             fit = loop.fit(model, ds, cfg, seed=p.seed, max_norm=cfg.max_norm, run=run,
                            label=role)
             result = training.evaluate(model, ds, fit)
-            training.save(run, role, out, model, arch, cfg, ds, result, fit.history)
+            training.save(run, out, model, arch, cfg, ds, result)
         training.conclude(role, result, fit)

@@ -37,6 +37,7 @@ HISTORY = ("epoch", "train_loss", "val_loss", "val_acc", "val_errors", "test_los
 
 @dataclass
 class Outputs:
+    name: str  # teacher, student or distilled: the logged model's name
     model: Path
     metrics: Path
     plots: Path
@@ -45,11 +46,13 @@ class Outputs:
 @dataclass
 class Result:
     """A trained model's scores: `summary` goes to the metrics file and MLflow, `details` to
-    MLflow only; `test_logits` (N, classes) go into the checkpoint."""
+    MLflow only; `test_logits` (N, classes) go into the checkpoint; `history` (one dict per
+    epoch) into plots/<name>.csv."""
 
     summary: dict
     details: dict
     test_logits: torch.Tensor
+    history: list[dict]
 
 
 def build_model(arch: str, cfg: Model, data: Dataset) -> nn.Module:
@@ -106,7 +109,7 @@ def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:
                "train_seconds": fit.train_seconds, "threads": fit.threads,
                "samples_per_s": sum(h["samples_per_s"] for h in fit.history) / len(fit.history),
                **{f"test_errors_class_{c}": n for c, n in enumerate(per_class)}}
-    return Result(summary, details, test_logits)
+    return Result(summary, details, test_logits, fit.history)
 
 
 def history_csv(history: list[dict]) -> str:
@@ -117,8 +120,8 @@ def history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def save(run, name: str, out: Outputs, model: nn.Module, arch: str, net: Model, data: Dataset,
-         result: Result, history: list[dict], register_tags: dict | None = None) -> None:
+def save(run, out: Outputs, model: nn.Module, arch: str, net: Model, data: Dataset, result: Result,
+         register_tags: dict | None = None) -> None:
     """Record the model in MLflow, then write the checkpoint, metrics file and CSV together.
 
     MLflow first: if logging fails, the stage's files stay as they were (and the run ends
@@ -135,10 +138,10 @@ def save(run, name: str, out: Outputs, model: nn.Module, arch: str, net: Model, 
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "test_logits": result.test_logits.cpu(), "dataset": data.name,
     })
-    history_text = history_csv(history)
+    history_text = history_csv(result.history)
     # A float64 example makes a float64 signature: see models.Servable for why not uint8.
-    run.log_model(models.Servable(model, data.mean, data.std), data.test.x[:2].double(), name,
-                  register_tags)
+    run.log_model(models.Servable(model, data.mean, data.std), data.test.x[:2].double(),
+                  out.name, register_tags)
     run.log_summary({**result.summary, **result.details})
     run.log_file(out.plots.name, history_text)
     run.set_tags({runs.CHECKPOINT_TAG: hashlib.sha256(checkpoint).hexdigest()})

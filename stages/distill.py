@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         arch = resolve_arch(p.student.arch, p.dataset, "student")
         model = training.build_model(arch, p.student, ds)
         training.announce("distill", arch, model, ds, p.distill)
-        out = training.Outputs(args.model, args.metrics, args.plots)
+        out = training.Outputs("distilled", args.model, args.metrics, args.plots)
         settings = {k: v for k, v in training.run_params(p, arch, p.student, p.distill).items()
                     if k not in other_losses_keys(p.distill)} | {"T": p.T, "alpha": p.alpha}
         with tracking.stage_run("distill", p.dataset, settings, tags={
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             result = training.evaluate(model, ds, fit)
             result.summary.update(transfer_images=len(subset), **correction,
                                   agreement=metrics.agreement(result.test_logits, soft["test"]))
-            training.save(run, "distilled", out, model, arch, p.student, ds, result,
-                          fit.history, register_tags={
+            training.save(run, out, model, arch, p.student, ds, result, register_tags={
                 "experiment": lineage.experiment_name(), "dataset": p.dataset, "T": p.T,
                 "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
                 "val_acc": round(result.summary["val_acc"], 6),  # what picks the one to ship

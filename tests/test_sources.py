@@ -11,7 +11,8 @@ import torch
 import torchvision.datasets as tvd
 
 from kd import sources
-from kd.sources import CorruptFile, DataError, fetch, parse_idx, read_cifar_folder, read_idx_folder
+from kd.raw_files import CorruptFile, DataError, parse_idx, read_cifar_folder, read_idx_folder
+from kd.sources import fetch
 from tests.rawfiles import (
     IDX_NAMES,
     idx_bytes,
