@@ -62,7 +62,7 @@ from benchmarks.common import (
 )
 from kd import data as kd_data
 from kd import device, loop, resources
-from kd.archs import resolve_arch
+from kd.datasets import resolve_arch
 from kd.params import load as load_params
 from stages import download
 

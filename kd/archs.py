@@ -1,5 +1,5 @@
-"""Architecture names: parsing and the per-dataset defaults (no torch here, so params.py and the
-download stage do not depend on the model code).
+"""Architecture names and their parsing (no torch here, so params.py and the download stage do
+not depend on the model code); each dataset's defaults are in kd/datasets.py.
 
   mlp:W1-W2-...   fully connected ReLU net with hidden widths W1, W2, ...
   cnn:C1-C2-...   3x3 conv + BatchNorm + ReLU + 2x2 max-pool per entry, then a 256-unit head
@@ -12,20 +12,6 @@ import re
 
 ARCH_HELP = "mlp:<width>-<width>..., cnn:<channels>-<channels>..., resnet<6n+2>x4"
 
-# (teacher, student) per dataset. conf/dataset/<name>.yaml spells the same pairs out, so
-# `-S dataset=...` writes them into params.yaml (and `dvc exp show`); `auto` in a hand-written
-# params.yaml resolves here. tests/test_presets.py pins the two to agree.
-# On Fashion-MNIST an MLP teacher barely beats an MLP student (a trial measured 1200-1200 with
-# dropout at 89.9% against 800-800 at 90.4%), so the default teacher there is a CNN.
-AUTO_ARCH = {
-    "fashion-mnist": ("cnn:32-64", "mlp:800-800"),
-    "mnist": ("cnn:32-64", "mlp:800-800"),
-    "cifar10": ("resnet32x4", "resnet8x4"),
-    "cifar100": ("resnet32x4", "resnet8x4"),
-    "digits": ("mlp:256-256", "mlp:32"),
-}
-
-
 def parse_arch(spec: str) -> tuple[str, tuple[int, ...]] | None:
     """'mlp:800-800' -> ('mlp', (800, 800)); 'resnet8x4' -> ('resnet', (8,)); bad -> None."""
     m = re.fullmatch(r"(mlp|cnn):(\d+(?:-\d+)*)", spec)
@@ -36,10 +22,3 @@ def parse_arch(spec: str) -> tuple[str, tuple[int, ...]] | None:
     if m and int(m.group(1)) >= 8 and (int(m.group(1)) - 2) % 6 == 0:
         return ("resnet", (int(m.group(1)),))
     return None
-
-
-def resolve_arch(spec: str, dataset: str, role: str) -> str:
-    """Turn `auto` into the dataset's default architecture for `role` (teacher or student)."""
-    if spec != "auto":
-        return spec
-    return AUTO_ARCH[dataset][0 if role == "teacher" else 1]

@@ -15,19 +15,13 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, WrapVa
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from kd.archs import ARCH_HELP, parse_arch, resolve_arch
+from kd.archs import ARCH_HELP, parse_arch
+from kd.datasets import DATASETS, FACTS, PRESETS, resolve_arch
 from kd.errors import PipelineError
 from kd.numerics import MODES
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits")
-NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10}
-# Image side in pixels: each block of a `cnn:` architecture halves it, so it bounds their number.
-IMAGE_SIDE = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "digits": 8}
-# conf/preset/<name>.yaml (`-S preset=<name>`) and the datasets each is made for (pinned by tests)
 # distill.loss: the soft term of the distillation loss (kd/losses.py writes each one)
 LOSSES = ("kd", "dkd", "ls", "dist")
-PRESETS = {"none": DATASETS, "hinton-mnist": ("mnist", "fashion-mnist"),
-           "cifar100-resnet": ("cifar100", "cifar10"), "patient-consistent": ("fashion-mnist", "mnist")}
 
 
 # `launch` as a shell will read it: python, or torchrun and its options (`--name`, `--name=value`,
@@ -180,7 +174,7 @@ def validate(raw: Any) -> Params:
         p = _PARAMS.validate_python(raw)
     except ValidationError as e:  # pydantic's order: the sections' as params.yaml lists them
         raise ParamsError(_message(e.errors()[0], raw)) from None
-    n, t = NUM_CLASSES[p.dataset], p.distill
+    n, t = FACTS[p.dataset].classes, p.distill
     for key, classes in (("omit_classes", t.omit_classes), ("keep_classes", t.keep_classes)):
         if any(c >= n for c in classes):
             raise ParamsError(f"distill.{key} must hold class indices 0..{n - 1} (got {list(classes)})")
@@ -189,7 +183,7 @@ def validate(raw: Any) -> Params:
                           f"blends (distill.mixup is {t.mixup:g}): set distill.mixup 0 or another loss")
     if not set(t.keep_classes or range(n)) - set(t.omit_classes):
         raise ParamsError("distill.omit_classes and distill.keep_classes leave no class to train on")
-    side = IMAGE_SIDE[p.dataset]  # a CNN may not pool its input below one pixel
+    side = FACTS[p.dataset].side  # a CNN may not pool its input below one pixel
     for role, arch in (("teacher", p.teacher.arch), ("student", p.student.arch)):
         kind, sizes = parse_arch(resolve_arch(arch, p.dataset, role))
         if kind == "cnn" and len(sizes) > side.bit_length() - 1:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from kd import cli, data, device, distributed, loop, tracking, training
-from kd.archs import resolve_arch
+from kd.datasets import resolve_arch
 
 
 def main(role: str, doc: str, argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kd import cli, data, device, distributed, io, lineage, loop, metrics, runs, tracking, training, transfer
-from kd.archs import resolve_arch
+from kd.datasets import resolve_arch
 from kd.errors import PipelineError
 from kd.params import loss_settings, other_losses_keys
 

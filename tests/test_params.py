@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from kd.params import DATASETS, PRESETS, ParamsError, load, validate
+from kd.datasets import DATASETS, PRESETS
+from kd.params import ParamsError, load, validate
 from tests.conftest import ROOT, committed, tiny_params, write_params
 
 
@@ -132,7 +133,7 @@ def test_preset_names_are_the_conf_preset_files():
 
 @pytest.mark.parametrize("preset,dataset,message", [
     ("paper", "mnist",
-     "preset must be one of none, hinton-mnist, cifar100-resnet, patient-consistent (got 'paper')"),
+     "preset must be one of none, hinton-mnist, patient-consistent, cifar100-resnet (got 'paper')"),
     ("cifar100-resnet", "fashion-mnist",
      "preset cifar100-resnet is made for dataset cifar100 or cifar10 (dataset is 'fashion-mnist')"),
     ("hinton-mnist", "digits",

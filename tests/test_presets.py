@@ -14,8 +14,9 @@ import pytest
 import yaml
 from dvc.utils.hydra import compose_and_dump
 
-from kd.archs import AUTO_ARCH
-from kd.params import DATASETS, PRESETS, validate
+from kd.archs import parse_arch
+from kd.datasets import DATASETS, PRESETS, resolve_arch
+from kd.params import validate
 from tests.conftest import ROOT, committed
 
 CONF = ROOT / "conf"
@@ -46,11 +47,15 @@ def test_params_yaml_is_what_conf_composes(tmp_path):
 
 
 def test_each_dataset_spells_out_its_architectures(tmp_path):
+    """`-S dataset=<name>` writes the architectures that `auto` resolves to (kd/datasets.py reads
+    the same file), and each is one that builds."""
     assert {f.stem for f in (CONF / "dataset").glob("*.yaml")} == set(DATASETS)
     for ds in DATASETS:
         p = validate(yaml.safe_load(compose(tmp_path, f"dataset={ds}")))
         assert p.dataset == ds
-        assert (p.teacher.arch, p.student.arch) == AUTO_ARCH[ds]
+        assert p.teacher.arch == resolve_arch("auto", ds, "teacher") != "auto"
+        assert p.student.arch == resolve_arch("auto", ds, "student") != "auto"
+        assert parse_arch(p.teacher.arch) and parse_arch(p.student.arch)
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
@@ -115,5 +120,5 @@ def test_queued_experiments_show_the_values_that_will_run(tmp_path):
     assert (paper["teacher.arch"], paper["teacher.epochs"]) == ("mlp:1200-1200", 30)
     assert (paper["student.arch"], paper["distill.lr"]) == ("mlp:800-800", 0.02)
     assert (small["dataset"], small["teacher.arch"], small["student.arch"]) == (
-        "digits", *AUTO_ARCH["digits"])
+        "digits", "mlp:256-256", "mlp:32")
     assert small["preset"] == "none" and small["T"] == 2  # conf/config.yaml's
