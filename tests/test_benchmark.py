@@ -43,3 +43,18 @@ def test_numerics_benchmark_compares_portable_with_native_side_by_side():
                          "student (mlp:800-800) step: portable vs native"}
     for cells in rows.values():
         assert float(cells[3].split()[0]) > 0  # a measured ratio, median of the rounds
+
+
+def test_a_ratio_row_is_the_median_of_per_round_ratios_and_judges_its_target():
+    """benchmarks/common.ratio_row, on numbers fixed here: what every table row is built from."""
+    from benchmarks.common import ratio_row, table
+
+    # rounds: pipeline 10, 12, 30 samples/s against 5, 4, 10: per-round ratios 2, 3, 3
+    row = ratio_row("speed-up", [10, 12, 30], [5, 4, 10], "samples/s", target=2.5)
+    assert (row.pipeline, row.reference) == ("12 samples/s", "5 samples/s")  # medians of each side
+    assert row.ratio == "3.00 (2.00–3.00)" and row.met is True and row.target == ">= 2.5"
+    slower = ratio_row("time", [3.0, 3.3], [1.0, 1.0], "s", target=2.0, at_least=False)
+    assert slower.ratio.startswith("3.15") and slower.met is False and slower.target == "<= 2"
+    assert ratio_row("no target", [1.0], [2.0], "s").met is None
+    lines = table([row, slower]).splitlines()
+    assert lines[2].endswith("| >= 2.5 | yes |") and lines[3].endswith("| <= 2 | **no** |")
