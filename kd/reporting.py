@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from kd.io import UnreadableFile  # noqa: E402
 from kd.params import describe_loss  # noqa: E402
@@ -60,8 +61,8 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
-def _flops(n: int) -> str:
-    return f"{n / 1e9:.2f} G" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
+def _flops(n: float) -> str:
+    return f"{n / 1e9:.3g} G" if n >= 1e9 else f"{n / 1e6:.3g} M" if n >= 1e6 else f"{n / 1e3:.3g} k"
 
 
 def cost_table(rows: list[dict]) -> str:
@@ -137,6 +138,8 @@ def cost_png(rows: list[dict], others: list[dict], title: str) -> bytes:
                    edgecolor="black", zorder=3, label=f"{r['name']}: {100 * r['test_acc']:.2f}%, "
                    f"{_flops(r['flops_per_image'])}FLOPs, {r['params']:,} parameters")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _flops(v)))  # 3 M, not 3x10^6
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: _flops(v)))
     ax.set_xlabel("FLOPs per image (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
