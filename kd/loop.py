@@ -53,7 +53,7 @@ class Batch:
 
 
 # Big enough to keep the matmuls efficient, small enough that a CNN's activations stay well under
-# a gigabyte (4096 images through cnn:32-64 peaked near 2 GB resident).
+# a gigabyte: their memory grows with the batch, and beyond this size the matmuls gain nothing.
 EVAL_BATCH = 1024
 
 

@@ -118,10 +118,10 @@ class StageRun:
                   register_tags: dict | None = None) -> None:
         """Log `model` on the CPU, pickled with this project's `kd` package beside it.
 
-        Pickle, not torch.export's pt2: logging takes about a quarter of the time and loading it
-        back (`mlflow.pytorch.load_model`, or `mlflow models serve`) a quarter too, because pt2
-        has to trace the model and load torch's export machinery. MLflow adds `code/` (the copy
-        of `kd`) to sys.path when it loads, so the model needs nothing from this checkout.
+        Pickle, not torch.export's pt2: pt2 has to trace the model to log it and load torch's
+        export machinery to load it, several times slower both ways (docs/performance.md).
+        MLflow adds `code/` (the copy of `kd`) to sys.path when it loads, so the model needs
+        nothing from this checkout.
 
         With `register_tags`, the model also becomes a new version of registry.MODEL, tagged
         with them. Log it before `log_summary`, so the summary shows on the model's page.
