@@ -58,3 +58,26 @@ def test_a_ratio_row_is_the_median_of_per_round_ratios_and_judges_its_target():
     assert ratio_row("no target", [1.0], [2.0], "s").met is None
     lines = table([row, slower]).splitlines()
     assert lines[2].endswith("| >= 2.5 | yes |") and lines[3].endswith("| <= 2 | **no** |")
+
+
+def test_the_cost_benchmark_tables_the_three_checkpoints(workdir, capsys, monkeypatch):
+    """benchmarks/cost.py over a digits pipeline's checkpoints: one row each, whose size and
+    FLOPs are the metrics files' (the stages' own measurement)."""
+    from benchmarks import cost
+    from tests.conftest import distill_with, metrics_file, run_stage
+
+    monkeypatch.setenv("KD_TRACKING", "off")
+    distill_with(workdir)
+    run_stage("student")
+    cost.main(["--models", str(workdir / "model"), "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.splitlines()
+            if line.startswith("| ") and "`" in line}
+    assert set(rows) == {"teacher", "student baseline", "distilled student"}
+    for label, name in (("teacher", "teacher"), ("student baseline", "student"),
+                        ("distilled student", "distilled")):
+        m = metrics_file(workdir, name)
+        assert rows[label][2] == f"{m['params']:,}"
+        assert rows[label][3] == f"{m['flops_per_image'] / 1e6:.2f} M"
+        assert float(rows[label][5]) > 0 and float(rows[label][6].replace(",", "")) > 0
+    assert "The distilled student runs" in out
