@@ -36,13 +36,9 @@ def promote(client, model: str, version: str, dataset: str, val_acc: float) -> b
     """Move `ship-<dataset>` to `version` when its val_acc beats the holder's; True if moved.
     Every version carries a `val_acc` tag (set before this is called)."""
     name = alias(dataset)
-    try:
-        held = client.get_model_version_by_alias(model, name)
-    except Exception as e:  # MLflow raises a bare MlflowException for "no such alias"
-        if "alias" not in str(e).lower() and "not found" not in str(e).lower():
-            raise
-        held = None
-    if held is not None and float(held.tags.get("val_acc", "-1")) >= val_acc:
+    holder = client.get_registered_model(model).aliases.get(name)  # {alias: version}
+    if holder is not None and float(
+            client.get_model_version(model, str(holder)).tags.get("val_acc", "-1")) >= val_acc:
         return False
     client.set_registered_model_alias(model, name, version)
     return True

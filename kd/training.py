@@ -133,7 +133,7 @@ def save(run, out: Outputs, model: nn.Module, arch: str, net: Model, data: Datas
         return
     checkpoint = io.torch_bytes({
         "arch": arch, "in_shape": list(data.in_shape), "classes": data.num_classes,
-        "class_names": list(data.classes), "params": models.count_params(model),
+        "class_names": list(data.classes), "params": result.summary["params"],
         "input_dropout": net.input_dropout, "dropout": net.dropout,
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "test_logits": result.test_logits.cpu(), "dataset": data.name,

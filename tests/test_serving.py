@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -59,15 +60,16 @@ class _Version:
 
 
 class _Registry:
-    """An MLflow client's alias calls, in memory."""
+    """An MLflow client's registry calls, in memory."""
 
     def __init__(self):
         self.aliases, self.versions = {}, {}
 
-    def get_model_version_by_alias(self, model, alias):
-        if alias not in self.aliases:
-            raise mlflow.exceptions.MlflowException(f"Registered model alias {alias} not found.")
-        return self.versions[self.aliases[alias]]
+    def get_registered_model(self, model):
+        return types.SimpleNamespace(aliases=dict(self.aliases))
+
+    def get_model_version(self, model, version):
+        return self.versions[version]
 
     def set_registered_model_alias(self, model, alias, version):
         self.aliases[alias] = version
@@ -86,7 +88,7 @@ def test_the_alias_moves_only_to_a_strictly_better_validation_accuracy_per_datas
 
 def test_an_unexpected_registry_error_is_not_taken_for_a_missing_alias():
     class Down(_Registry):
-        def get_model_version_by_alias(self, model, alias):
+        def get_registered_model(self, model):
             raise mlflow.exceptions.MlflowException("connection refused")
     with pytest.raises(mlflow.exceptions.MlflowException, match="refused"):
         registry.promote(Down(), "distilled-student", "1", "digits", 0.9)

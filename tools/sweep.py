@@ -209,9 +209,13 @@ LOSS_NAMES = {"kd": "KD (Hinton et al. 2015)", "dkd": "DKD (Zhao et al. 2022)",
               "ls": "KD + logit standardisation (Sun et al. 2024)", "dist": "DIST (Huang et al. 2022)"}
 
 
+def _settings(knobs: dict) -> list[str]:
+    """`dkd_beta=8`, ..., sorted: a loss's own knobs as the tables print them."""
+    return [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(knobs.items())]
+
+
 def _knobs(t: Tried) -> str:
-    own = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items())]
-    return ", ".join([f"alpha={t.group.alpha:g}", f"T={t.group.T:g}", *own])
+    return ", ".join([f"alpha={t.group.alpha:g}", f"T={t.group.T:g}", *_settings(t.knobs)])
 
 
 def losses_markdown(choices: list[LossChoice], plot_name: str | None = None,
@@ -258,9 +262,8 @@ def failed_table(shown: list[dict]) -> str | None:
     if not failed:
         return None
     def knobs(r: dict) -> str:
-        own = sorted((k.removeprefix("distill."), v) for k, v in r.items()
-                     if k.startswith(f"distill.{r[LOSS_KEY]}_"))
-        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in own)
+        return ", ".join(_settings({k.removeprefix("distill."): v for k, v in r.items()
+                                    if k.startswith(f"distill.{r[LOSS_KEY]}_")}))
     return markdown_table(
         ["experiment", "dataset", "loss", "alpha", "T", "own settings", "seed"],
         [[r.get("Experiment") or r["rev"], r.get("dataset"), r[LOSS_KEY], f"{r.get('alpha'):g}",
