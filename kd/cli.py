@@ -3,21 +3,24 @@ one-line message and a non-zero exit status instead of a traceback.
 
 Exit status 2: params.yaml is invalid (nothing was read or written).
 Exit status 1: the data, a model, training, MLflow or a write failed; the stage's outputs are as
-they were (each stage writes all its files together, last: see kd/io.py).
+they were (each stage writes all its files together, last: see kd/io.py; under DVC, which
+deleted them before the stage started, they are copied back from its cache: kd/keep.py).
+Exit status 128 + N: signal N stopped the stage (130: Ctrl-C, 143: SIGTERM; kd/interrupt.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kd import distributed, numerics
+from kd import distributed, interrupt, keep, numerics, params_watch
 from kd.errors import PipelineError
-from kd.params import Params, ParamsError, load
+from kd.params import Params, ParamsError, experiment_name_error, load
 
 
 class _Stdout(logging.Handler):
@@ -68,28 +71,61 @@ def params_or_exit(path: str) -> Params:
     exit status 2."""
     try:
         p = load(path)
+        _check_experiment_name()
+        params_watch.loaded(path)
         numerics.apply(p.numerics)
+    except params_watch.ParamsChanged as e:
+        _keep_outputs()
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ParamsError as e:
+        _keep_outputs()
         print(f"error: {e}", file=sys.stderr)  # the message starts with the file's name
         raise SystemExit(2) from None
     except numerics.NumericsError as e:
+        _keep_outputs()
         print(f"error: {path}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return p
 
 
+def _check_experiment_name() -> None:
+    """`dvc exp run -n NAME`: a name DVC cannot store would fail only after every stage ran."""
+    name = os.environ.get("DVC_EXP_NAME")
+    reason = experiment_name_error(name) if name else None
+    if reason:
+        shown = name if len(name) <= 40 else f"{name[:40]}..."
+        raise ParamsError(f"experiment name {shown!r} (DVC_EXP_NAME): {reason}")
+
+
 @contextmanager
 def friendly_errors() -> Iterator[None]:
-    """Known failures, and any OSError (a file or folder the stage could not use), as one line."""
+    """Known failures, and any OSError (a file or folder the stage could not use), as one line;
+    a stop signal as `interrupted: <stage> (<signal>)`. Whatever ends the stage, its previous
+    outputs are put back (see the module's docstring)."""
     try:
         yield
+    except interrupt.Interrupted as e:
+        _keep_outputs()
+        print(f"{_rank()}{interrupt.message(e)}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_status) from None
     except PipelineError as e:
+        _keep_outputs()
         print(f"error: {_rank()}{e}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as e:
+        _keep_outputs()
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {_rank()}{where}{e.strerror or e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except BaseException:  # a bug: its traceback follows, and the outputs are kept all the same
+        _keep_outputs()
+        raise
+
+
+def _keep_outputs() -> None:
+    if distributed.is_main():  # one rank puts the files back
+        keep.restore_outputs()
 
 
 def _rank() -> str:

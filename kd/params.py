@@ -6,6 +6,7 @@ section (pydantic checks it against the type hints); a bad value is a `ParamsErr
 names the key and what is allowed, which the stages turn into exit status 2.
 """
 
+import os
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin, get_type_hints
@@ -57,6 +58,20 @@ def Value(kind: type, allowed: str, *checks: Any, **bounds: Any) -> Any:
 
 
 Count, Index = Value(int, "an integer >= 1", ge=1), Value(int, "an integer >= 0", ge=0)
+# Seeds go to torch's manual_seed (global, and each torch.Generator's), which takes an unsigned 64-bit
+# integer (2**64 overflows; a negative seed wraps round to another), and numpy's default_rng (any
+# integer >= 0). `seed` keeps the upper half free: under torchrun rank r seeds seed + r.
+SplitSeed = Value(int, "an integer in [0, 2**64 - 1]", ge=0, le=2**64 - 1)
+Seed = Value(int, "an integer in [0, 2**63 - 1]", ge=0, le=2**63 - 1)
+# The temperature of every loss, where its soft term still teaches in float32. Above 100, float32
+# rounds softmax(logits / T) (each probability 1/classes + logit / (T * classes), kept to ~1e-7)
+# coarser than the logits' differences: the logged loss goes wrong (ls's by 2% at T = 1000, kd's
+# by 3% at 1e4, then below zero) and by 1e7 the gradient is 40% rounding (digits: 71% test
+# accuracy, 20% at 1e8); T = 100 is within 7% of the T -> infinity limit (logit matching) anyway.
+# Below 0.1 the teacher's softmax is one-hot for most images and the soft term's gradient shrinks
+# in proportion to T (alpha = 1 on digits: 28% test accuracy at T = 0.01, chance at 0.001).
+# The measurements: docs/numerics.md.
+Temperature = Value(float, "a number in [0.1, 100]", ge=0.1, le=100)
 Positive, NonNegative = Value(float, "a finite number > 0", gt=0), Value(float, "a finite number >= 0", ge=0)
 Rate = Value(float, "a number in [0, 1)", ge=0, lt=1)  # dropout, momentum
 Arch = Value(str, f"auto or an architecture ({ARCH_HELP})", AfterValidator(_arch))
@@ -116,7 +131,7 @@ class Distill(Train):  # the `distill` section: a Train's keys, then the paper's
 class Data:
     root: Value(str | None, "a path")
     val_fraction: Value(float, "a number in (0, 0.5]", gt=0, le=0.5)
-    split_seed: Index
+    split_seed: SplitSeed  # only torch.Generator(...).manual_seed reads it
 
 
 @with_config(extra="forbid", allow_inf_nan=False)  # the sections' too
@@ -124,8 +139,8 @@ class Data:
 class Params:
     dataset: Value(Literal[DATASETS], f"one of {', '.join(DATASETS)}")
     preset: Value(Literal[tuple(PRESETS)], f"one of {', '.join(PRESETS)}", AfterValidator(_preset))
-    seed: Index
-    T: Positive
+    seed: Seed
+    T: Temperature
     alpha: Value(float, "a number in [0, 1]", ge=0, le=1)
     # dvc.yaml runs `${launch} -m stages.<name>` through a shell: a launcher and its options only
     launch: Value(str, "python or a torchrun command of --options only (letters, digits and "
@@ -210,6 +225,33 @@ def describe_loss(d: Distill) -> str:
     """`dkd (alpha 1, beta 8, warmup 2)`; `kd`."""
     own = [f"{k.removeprefix(d.loss + '_')} {v:g}" for k, v in loss_settings(d).items() if k != "loss"]
     return d.loss + (f" ({', '.join(own)})" if own else "")
+
+
+# `dvc exp run -n NAME` (DVC_EXP_NAME in the stages) stores the experiment as the git ref
+# refs/exps/<2 hex>/<38 hex>/NAME. DVC refuses a name that git-check-ref-format refuses, or with a
+# `/`, before any stage runs; but the ref is a file named NAME, first written as NAME.lock, and a
+# file name holds at most 255 bytes, so a longer name fails only once every stage has run.
+EXP_NAME_BYTES = 255 - len(".lock")
+_REF_FORBIDS = " ~^:?*[\\/"  # and control characters; `/` is DVC's own rule
+
+
+def experiment_name_error(name: str) -> str | None:
+    """Why DVC cannot store an experiment of this name, as one line that does not repeat the name
+    ("it is 300 bytes long; ..."); None when it can."""
+    size = len(os.fsencode(name))  # its ref's file name, in bytes
+    bad = next((c for c in name if c in _REF_FORBIDS or ord(c) < 0x20 or c == "\x7f"), None)
+    rules = [
+        (not name, "it is empty"),
+        (size > EXP_NAME_BYTES, f"it is {size} bytes long; DVC stores it as a git ref file, whose name "
+                                f"may hold {EXP_NAME_BYTES} bytes (255 less '.lock')"),
+        (bad is not None, f"it holds {bad!r}; a git ref may hold no space, control character or any of "
+                          "~ ^ : ? * [ \\ (nor / for DVC)"),
+        *[(part in name, f"it holds {part!r}, which a git ref may not") for part in ("..", "@{")],
+        (name.startswith("."), "it starts with '.', which a git ref may not"),
+        (name.endswith("."), "it ends with '.', which a git ref may not"),
+        (name.endswith(".lock"), "it ends with '.lock', which a git ref may not"),
+    ]
+    return next((why for broken, why in rules if broken), None)
 
 
 def load(path: str | Path = "params.yaml") -> Params:

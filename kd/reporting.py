@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import re
 from pathlib import Path
 
 import matplotlib
@@ -39,16 +40,35 @@ def read_history(path: Path) -> list[dict[str, float]]:
     return rows
 
 
+def code_span(text: str) -> str:
+    """`text` as a Markdown code span that shows it literally, whatever it holds: `jumpy-bats`.
+
+    Experiment names are user input (`dvc exp run -n`, DVC_EXP_NAME) and the report is read
+    rendered. Inside a code span Markdown shows every character as typed: no HTML, no entities, no
+    emphasis (so escaping & < > as entities here would garble them: `&lt;` shows as `&lt;`). The
+    only ways out of a span are its closing delimiter and a blank line, so the delimiter is one
+    backtick longer than the longest run of backticks in `text`, padded with a space when `text`
+    starts or ends with a backtick or a space (the renderer strips one from each side), and line
+    breaks become spaces. In a table cell, markdown_table escapes `|` as well.
+    """
+    text = " ".join(text.splitlines())
+    fence = "`" * (1 + max(map(len, re.findall("`+", text)), default=0))
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
-    """A markdown table: the header, the `|---|` line, then one line per row (cells as str())."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
+    """A markdown table: the header, the `|---|` line, then one line per row (cells as str(), a `|`
+    in a cell escaped, since it would split the cell even inside a code span)."""
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
 
 
 def comparison_table(rows: list[dict]) -> str:
     """rows: dicts with name, arch and the metrics-file keys plus 'agreement'."""
     return markdown_table(list(COLUMNS), [
-        [r["name"], f"`{r['arch']}`", f"{r['params']:,}", f"{100 * r['test_acc']:.2f}%",
+        [r["name"], code_span(r["arch"]), f"{r['params']:,}", f"{100 * r['test_acc']:.2f}%",
          r["test_errors"], "—" if r["agreement"] is None else f"{100 * r['agreement']:.2f}%",
          f"{r['test_ece']:.4f}", r["best_epoch"]] for r in rows])
 
@@ -107,7 +127,8 @@ def report_markdown(p, experiment: str, rows: list[dict], head: dict, distilled:
                 f"{distilled['bias_correction']:.1f} took the distilled student from "
                 f"{distilled['test_errors_uncorrected']} to {distilled['test_errors']} test errors.")
     return (f"# Distillation report: {p.dataset}, T={p.T:g}, alpha={p.alpha:g}, seed={p.seed}\n\n"
-            f"Experiment `{experiment}`, preset `{p.preset}`, loss {describe_loss(p.distill)}.\n\n"
+            f"Experiment {code_span(experiment)}, preset {code_span(p.preset)}, "
+            f"loss {describe_loss(p.distill)}.\n\n"
             f"{comparison_table(rows)}\n"
             f"Distillation changed the student's test accuracy by {100 * head['gain']:+.2f} points "
             f"({head['student_test_errors']} -> {head['distilled_test_errors']} errors); the "

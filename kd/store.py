@@ -10,6 +10,12 @@
 
 Several stages or queued experiments may start at once: creating a SQLite database and the
 experiment, and moving a registry alias, happen under an exclusive file lock beside the database.
+
+A store that is down or locked (a server restarting, a neighbour holding SQLite's write lock) is
+waited for, not fought: `patiently` retries a call with backoff for at most `wait_seconds()`
+(`KD_STORE_WAIT`, default 60) and then gives up with one line. MLflow's own HTTP retries (7, with
+backoff: about ten minutes of silence) and its 120 s request timeout are cut to none and 10 s, so
+that this bound is the only one. `probe()` is the check stage's quick look at the store.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,10 +36,18 @@ from kd.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EXPERIMENT = "knowledge-distillation"
+CONNECT_SECONDS = 5  # the check stage's probe: an unreachable store is one line, quickly
+# What MLflow's HTTP client does on its own, set before it is imported (kd/tracking.py).
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class TrackingError(PipelineError):
-    """The MLflow store refused a call (read-only, unreachable, full): one line, not SQLAlchemy's."""
+    """The MLflow store refused a call (read-only, unreachable, full): one line, not SQLAlchemy's.
+    `transient`: the refusal may go away by itself (see `transient()`)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @contextmanager
@@ -40,7 +58,8 @@ def errors() -> Iterator[None]:
     except PipelineError:
         raise
     except Exception as e:  # MlflowException, SQLAlchemy's OperationalError, OSError, ...
-        raise TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}") from None
+        raise TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}",
+                            transient(e)) from None
 
 
 def _reason(e: BaseException) -> str:
@@ -52,6 +71,83 @@ def _reason(e: BaseException) -> str:
             return f"{type(seen.orig).__name__}: {seen.orig}"
         seen = seen.__cause__ or seen.__context__
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+
+
+def transient(e: BaseException) -> bool:
+    """Whether a store error may go away by itself: a connection refused, reset or timed out, a
+    server answering 5xx, SQLite's database locked or busy. Not: read-only, full, bad URI."""
+    seen: BaseException | None = e
+    while seen is not None:
+        text = f"{type(seen).__name__}: {seen}"
+        if isinstance(seen, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return True
+        if any(word in text for word in ("database is locked", "ConnectionError", "Connection refused",
+                                        "ConnectTimeout", "ReadTimeout", "timed out",
+                                        "Max retries exceeded", "RemoteDisconnected")):
+            return True
+        code = getattr(seen, "get_http_status_code", lambda: None)()
+        if isinstance(code, int) and code >= 500:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def wait_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get("KD_STORE_WAIT", "60")))
+    except ValueError:
+        raise TrackingError(f"KD_STORE_WAIT must be a number of seconds "
+                            f"(got {os.environ['KD_STORE_WAIT']!r})") from None
+
+
+def patiently(call: Callable[[], object], wait: float | None = None):
+    """call(), retried with backoff (0.5 s doubling, at most 8 s apart) while the store's error
+    is transient, for at most `wait` seconds (default wait_seconds()); then one TrackingError."""
+    wait = wait_seconds() if wait is None else wait
+    deadline, delay = time.monotonic() + wait, 0.5
+    while True:
+        try:
+            return call()
+        except PipelineError:
+            raise
+        except Exception as e:
+            if not transient(e) or time.monotonic() + delay > deadline:
+                waited = f" (gave up after {wait:.0f} s)" if transient(e) and wait else ""
+                raise TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}{waited}",
+                                    transient(e)) from None
+        time.sleep(delay)
+        delay = min(2 * delay, 8.0)
+
+
+def probe(uri: str | None = None) -> None:
+    """Whether the store answers, in a few seconds: a server's /health, or a SQLite database
+    that can be written. Raises TrackingError naming the store; other kinds of URI pass."""
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_SECONDS):
+                return
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise TrackingError(f"MLflow store {uri}: unreachable ({reason}); start the server "
+                                f"or set MLFLOW_TRACKING_URI") from None
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    folder = db.parent if db.parent.exists() else next(p for p in db.parents if p.exists())
+    if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise TrackingError(f"MLflow store {uri}: not writable; make it writable or set "
+                            f"MLFLOW_TRACKING_URI")
+    if db.exists():
+        try:
+            con = sqlite3.connect(db, timeout=CONNECT_SECONDS, isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")  # takes the write lock; released at once
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            raise TrackingError(f"MLflow store {uri}: {type(e).__name__}: {e}") from None
 
 
 # MLflow logs a database error with its whole traceback before raising it; the stage reports it

@@ -36,26 +36,30 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from kd import io, numerics, registry, store
-from kd.lineage import process_gone, process_id, run_tags
+from kd import interrupt, io, numerics, registry, store
+from kd.lineage import namespace_prefix, process_gone, process_id, run_tags
 from kd.store import PROJECT_ROOT, experiment_label, tracking_uri
 
 HISTORY_PREFIX = "epoch/"
 
 
 def _close_dead_runs(client, experiment_id: str) -> None:
-    """Mark KILLED the RUNNING runs of this host whose process is gone, and FAILED their
-    PENDING logged models; never a run whose process lives."""
-    host = socket.gethostname()
+    """Mark KILLED the RUNNING runs whose process is provably gone (kd/lineage.py: started in
+    this boot and PID namespace, its PID now free or another process's), and FAILED their PENDING
+    logged models; never a run of another machine, container or boot, whatever its `host` tag."""
+    prefix = namespace_prefix()
+    if prefix is None:
+        return  # no /proc: no run's end can be proved here
+    # The filter only keeps the search to this namespace's runs; process_gone decides.
     runs = client.search_runs([experiment_id], filter_string=(
-        f"attributes.status = 'RUNNING' and tags.host = '{host}'"), max_results=1000)
+        f"attributes.status = 'RUNNING' and tags.process LIKE '{prefix}%'"), max_results=1000)
     for run in runs:
-        process = run.data.tags.get("process", "")
-        if process.count(":") < 2 or not process_gone(process):
+        if not process_gone(run.data.tags.get("process", "")):
             continue
         client.set_terminated(run.info.run_id, "KILLED")
         for model in client.search_logged_models(
@@ -69,9 +73,8 @@ def _staging_dir() -> Path:
     the folders of processes that are gone are removed first."""
     base = store.store_root() / ".tmp"
     base.mkdir(parents=True, exist_ok=True)
-    for old in base.glob("mlflow-*"):
-        process = old.name.removeprefix("mlflow-").replace("_", ":")
-        if process.count(":") == 2 and process_gone(process):
+    for old in base.glob("mlflow-*"):  # `process_id`s hold no '_', so the name reads back
+        if process_gone(old.name.removeprefix("mlflow-").replace("_", ":")):
             shutil.rmtree(old, ignore_errors=True)
     mine = base / f"mlflow-{process_id().replace(':', '_')}"
     mine.mkdir(exist_ok=True)
@@ -98,21 +101,41 @@ class NullRun:
 
 
 class StageRun:
+    """The open run of a stage. Every call waits out a store that is briefly down or locked
+    (store.patiently); epoch rows that cannot be logged are kept and sent with the next epoch's,
+    so a store that goes away mid-training costs no training time until the stage's end."""
+
     def __init__(self, mlflow_module, run_id: str):
         self._mlflow = mlflow_module
         self.run_id = run_id
         self._model_id: str | None = None
+        self._unsent: list[tuple[dict, int]] = []  # epoch rows the store has not taken yet
 
     def log_epoch(self, metrics: dict, epoch: int) -> None:
         """One epoch of the history, under `epoch/<key>` at step = epoch (never step 0)."""
         row = {f"{HISTORY_PREFIX}{k}": v for k, v in _numeric(metrics).items() if k != "epoch"}
-        with store.errors():
-            self._mlflow.log_metrics(row, step=epoch)
+        self._unsent.append((row, epoch))
+        try:
+            self._send_epochs()
+        except store.TrackingError as e:
+            if not e.transient:
+                raise  # read-only, full: waiting will not help
+            # kept for the next epoch; the stage's end waits for the store (flush)
+
+    def _send_epochs(self, wait: float = 0.0) -> None:
+        while self._unsent:
+            row, epoch = self._unsent[0]
+            store.patiently(partial(self._mlflow.log_metrics, row, step=epoch), wait=wait)
+            self._unsent.pop(0)
+
+    def flush(self) -> None:
+        """Send the epoch rows still kept, waiting for the store at most store.wait_seconds()."""
+        self._send_epochs(wait=store.wait_seconds())
 
     def log_summary(self, metrics: dict) -> None:
         """The stage's result under the metrics file's names, linked to the logged model if any."""
-        with store.errors():
-            self._mlflow.log_metrics(_numeric(metrics), model_id=self._model_id)
+        self.flush()
+        store.patiently(lambda: self._mlflow.log_metrics(_numeric(metrics), model_id=self._model_id))
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor, name: str,
                   register_tags: dict | None = None) -> None:
@@ -126,8 +149,7 @@ class StageRun:
         With `register_tags`, the model also becomes a new version of registry.MODEL, tagged
         with them. Log it before `log_summary`, so the summary shows on the model's page.
         """
-        with store.errors():
-            self._log_model(model, example, name, register_tags)
+        store.patiently(lambda: self._log_model(model, example, name, register_tags))
 
     def _log_model(self, model, example, name, register_tags) -> None:
         import mlflow.pytorch
@@ -166,19 +188,19 @@ class StageRun:
                 warnings.simplefilter("ignore", UserWarning)  # warns that it cannot choose
                 source = resolve_dataset_source(str(path.resolve()))
             data = MetaDataset(source, name=f"{dataset}/{split}", digest=sha[:32])
-            with store.errors():
-                self._mlflow.log_input(data, context=context, tags={"sha256": sha})
+            store.patiently(partial(self._mlflow.log_input, data, context=context,
+                                    tags={"sha256": sha}))
 
     def log_file(self, name: str, data: bytes | str) -> None:
         """An artifact named `name` with these contents (the stage's files are not written yet)."""
-        with store.errors(), tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             path.write_bytes(data.encode() if isinstance(data, str) else data)
-            self._mlflow.log_artifact(str(path))
+            store.patiently(lambda: self._mlflow.log_artifact(str(path)))
 
     def set_tags(self, tags: dict) -> None:
-        with store.errors():
-            self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v not in (None, "")})
+        store.patiently(lambda: self._mlflow.set_tags(
+            {k: str(v) for k, v in tags.items() if v not in (None, "")}))
 
 
 def _experiment_id(mlflow_module, name: str) -> str:
@@ -203,26 +225,66 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
         yield NullRun()
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a stage
+    for key, value in store.HTTP_ENV.items():  # store.patiently is the one bound on waiting
+        os.environ.setdefault(key, value)
     import mlflow
 
     all_tags = {k: str(v) for k, v in {**run_tags(stage, dataset, run_type), **(tags or {}),
                                        "host": socket.gethostname(), "process": process_id()
                                        }.items() if v not in (None, "")}
+    # MLflow stages models in the temp folder: keep that inside the project (see above).
     with store.errors():
-        # MLflow stages models in the temp folder: keep that inside the project (see above).
+        store.probe()  # a store that is down is one line now, not a wait at the stage's end
         staging = _staging_dir()
-        tempfile.tempdir = str(staging)
-        exp_id = _experiment_id(mlflow, experiment_label())
-        _close_dead_runs(mlflow.MlflowClient(), exp_id)
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage, tags=all_tags)
+    tempfile.tempdir = str(staging)
     try:
-        with run:  # ends the run FINISHED, or FAILED when the stage raised
-            with store.errors():
-                # what the run computed under goes with every stage's params (kd/numerics.py)
-                mlflow.log_params({k: "none" if v is None else
-                                   str(list(v) if isinstance(v, tuple) else v)
-                                   for k, v in {**params, **numerics.settings()}.items()})
-            yield StageRun(mlflow, run.info.run_id)
+        exp_id = store.patiently(lambda: _experiment_id(mlflow, experiment_label()))
+        store.patiently(lambda: _close_dead_runs(mlflow.MlflowClient(), exp_id))
+        run = store.patiently(lambda: mlflow.start_run(experiment_id=exp_id,
+                                                       run_name=run_name or stage, tags=all_tags))
+        status = "FAILED"
+        try:
+            # what the run computed under goes with every stage's params (kd/numerics.py)
+            store.patiently(lambda: mlflow.log_params(
+                {k: "none" if v is None else str(list(v) if isinstance(v, tuple) else v)
+                 for k, v in {**params, **numerics.settings()}.items()}))
+            stage = StageRun(mlflow, run.info.run_id)
+            yield stage
+            stage.flush()
+            status = "FINISHED"
+        except interrupt.Interrupted:
+            status = "KILLED"
+            raise
+        finally:
+            _end(mlflow, exp_id, run.info.run_id, status)
     finally:
         tempfile.tempdir = None
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _end(mlflow_module, experiment_id: str, run_id: str, status: str) -> None:
+    """End the run with `status`, and mark FAILED its logged models left PENDING (a model whose
+    logging was cut short, by a signal or a retried call). A store that stays away past the
+    wait leaves the run RUNNING: when the stage failed for that already, its one line said so and
+    this says nothing more (the next stage, finding this process gone, marks the run KILLED)."""
+    client = mlflow_module.MlflowClient()
+    wait = store.wait_seconds() if status == "FINISHED" else min(store.wait_seconds(), 10.0)
+    try:
+        mlflow_module.end_run(status)  # leaves MLflow's active run first, then records status
+        ended = True
+    except Exception:  # noqa: BLE001 - recorded again below, patiently
+        ended = False
+    try:
+        if not ended:
+            store.patiently(lambda: client.set_terminated(run_id, status), wait=wait)
+        store.patiently(lambda: _fail_pending_models(client, experiment_id, run_id), wait=wait)
+    except store.TrackingError:
+        if status == "FINISHED":
+            raise
+
+
+def _fail_pending_models(client, experiment_id: str, run_id: str) -> None:
+    for model in client.search_logged_models([experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}'"):
+        if str(model.status) == "PENDING":
+            client.finalize_logged_model(model.model_id, "FAILED")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kd import cost, distributed, io, loop, metrics, models, resources, runs
+from kd import cost, distributed, io, loop, metrics, models, params_watch, resources, runs
 from kd.data import Dataset
 from kd.params import Model, Params, Train
 
@@ -131,6 +131,7 @@ def save(run, out: Outputs, model: nn.Module, arch: str, net: Model, data: Datas
     """
     if not distributed.is_main():
         return
+    params_watch.unchanged()
     checkpoint = io.torch_bytes({
         "arch": arch, "in_shape": list(data.in_shape), "classes": data.num_classes,
         "class_names": list(data.classes), "params": result.summary["params"],

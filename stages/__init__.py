@@ -2,8 +2,15 @@
 
 Importing this package sets the numerics that params.yaml's `numerics` asks for, before any
 stage module imports torch: the kernel libraries read them when first used (kd/numerics.py).
+When it is imported to run a stage (`python -m`: sys.argv[0] is "-m" until the module starts), it
+also makes a stop signal end the stage cleanly, from the very first import (kd/interrupt.py); a
+test that imports a stage keeps Python's own handling.
 """
 
-from kd import numerics
+import sys
+
+from kd import interrupt, numerics
 
 numerics.prepare()
+if sys.argv[:1] == ["-m"]:
+    interrupt.install()

@@ -1,10 +1,15 @@
-"""Stage 0: check the whole params.yaml before any other stage runs.
+"""Stage 0: check the whole params.yaml, the experiment's name and the MLflow store before any
+other stage runs.
 
 DVC reruns a stage only when a param it lists changed, so a misspelt top-level key (`Temp: 8`)
 would pass unseen, and DVC deletes a stage's outputs before running it, so a bad value found by
 that stage costs its previous outputs. This stage lists the whole file: any change to params.yaml
-runs it first, and every other stage depends on its output, so a bad params.yaml stops
-`dvc repro` / `dvc exp run` here, exit status 2, before anything else is touched.
+(every `-S`) runs it first, and every other stage depends on its output, so a bad params.yaml or
+experiment name (exit status 2) or an unreachable or read-only MLflow store (exit status 1) stops
+the pipeline here, in seconds, before anything else is touched. It also records the params
+file's bytes for the stages after it (kd/params_watch.py). When it does not run (no params
+changed), each stage makes the same name and store checks before it trains, and a stage that
+fails puts its previous outputs back (kd/keep.py).
 
 The output's content never changes, so a valid change reruns only the stages whose params it
 touched. Run: python -m stages.check
@@ -12,7 +17,7 @@ touched. Run: python -m stages.check
 
 from __future__ import annotations
 
-from kd import cli, io
+from kd import cli, io, params_watch, store
 
 OK = "params.yaml passed the checks of kd/params.py\n"
 
@@ -23,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cli.params_or_exit(args.params)
     with cli.friendly_errors():
+        if store.enabled():
+            store.probe()
+        params_watch.record(args.params)
         io.write_text(args.out, OK)
     print(f"check: {args.params} is valid")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd import cli, cost, data, io, lineage, metrics, models, reporting, runs, tracking
+from kd import cli, cost, data, io, lineage, metrics, models, params_watch, reporting, runs, tracking
 from kd.params import loss_settings
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                   "T": p.T, "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}
+        params_watch.unchanged()
         with tracking.stage_run("report", p.dataset, params, tags=run_ids, run_name=experiment,
                                 run_type="pipeline") as run:
             run.log_summary(headline)

@@ -15,7 +15,6 @@ import mlflow
 import pytest
 import torch
 
-from kd import lineage
 from kd import runs as lookup
 from stages import check, distill, report, soft_targets, teacher
 from tests.conftest import ROOT, fails_cleanly, run_stage, tiny_params, write_params
@@ -163,7 +162,7 @@ def read_only_mlflow_store(project, monkeypatch, request):
     # lazy: MLflow's engine, cached in this process, keeps the file open
     request.addfinalizer(lambda: subprocess.run(["umount", "--lazy", db], check=True))
     subprocess.run(["mount", "-o", "remount,ro,bind", db, db], check=True)
-    return teacher, "mlflow.db: OperationalError: attempt to write a readonly database"
+    return teacher, "mlflow.db: not writable; make it writable or set MLFLOW_TRACKING_URI"
 
 
 FAULTS = [truncated_checkpoint, zero_byte_checkpoint, checkpoint_where_soft_targets_belong,
@@ -186,7 +185,7 @@ def test_fault_is_one_line_and_changes_no_output(fault, project, monkeypatch, re
 PARAM_FAULTS = [
     ({"teacher__arch": "cnn:8-8-8-8"}, teacher,
      "params.yaml: teacher.arch cnn:8-8-8-8 has 4 pooling blocks, but digits 8x8 images allow"),
-    ({"T": float("inf")}, distill, "params.yaml: T must be a finite number > 0 (got inf)"),
+    ({"T": float("inf")}, distill, "params.yaml: T must be a number in [0.1, 100] (got inf)"),
     ({"distill__lr": float("nan")}, check, "params.yaml: distill.lr must be a finite number > 0"),
     ({"Temp": 8}, check, "params.yaml: Temp is not a known key; allowed: dataset, preset"),
 ]
@@ -242,19 +241,3 @@ def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_li
     assert torch.load(project / "model/teacher.pt", weights_only=True)["arch"] == "mlp:256-256"
     assert not list(project.rglob("*.tmp")) and not list(project.rglob(".*.tmp*"))
     assert not list(staging.glob("mlflow-*"))
-
-
-def test_a_process_is_gone_only_when_provably_so(monkeypatch):
-    me = lineage.process_id()
-    assert not lineage.process_gone(me)
-    boot, pid, started = me.rsplit(":", 2)
-    assert lineage.process_gone(f"{boot}:{pid}:{int(started) + 1}")  # the PID, reused later
-    assert lineage.process_gone(f"another-boot:{pid}:{started}")  # rebooted since
-    # Without /proc (macOS): alive while the PID exists, never judged by a missing start time
-    monkeypatch.setattr(lineage, "_start_time", lambda pid: None)
-    monkeypatch.setattr(lineage, "_boot_id", lambda: "")
-    assert lineage.process_id() == f":{os.getpid()}:"
-    assert not lineage.process_gone(lineage.process_id())
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    assert lineage.process_gone(f":{dead.pid}:")

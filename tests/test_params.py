@@ -1,10 +1,14 @@
 """params.yaml validation: every bad value stops a stage with exit 2 and a message naming the key."""
 
+import subprocess
+
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from kd.datasets import DATASETS, PRESETS
-from kd.params import ParamsError, load, validate
+from kd.params import ParamsError, experiment_name_error, load, validate
 from tests.conftest import ROOT, committed, tiny_params, write_params
 
 
@@ -42,9 +46,12 @@ class _Delete:
 _DELETE = _Delete()
 
 BAD = [
-    ("T", 0, "T must be a finite number > 0 (got 0.0)"),
-    ("T", float("inf"), "T must be a finite number > 0 (got inf)"),
-    ("T", float("nan"), "T must be a finite number > 0 (got nan)"),
+    ("T", 0, "T must be a number in [0.1, 100] (got 0.0)"),
+    ("T", float("inf"), "T must be a number in [0.1, 100] (got inf)"),
+    ("T", float("nan"), "T must be a number in [0.1, 100] (got nan)"),
+    ("T", 0.0999, "T must be a number in [0.1, 100] (got 0.0999)"),
+    ("T", 100.001, "T must be a number in [0.1, 100] (got 100.001)"),
+    ("T", 1e8, "T must be a number in [0.1, 100] (got 100000000.0)"),
     ("teacher.weight_decay", float("inf"), "teacher.weight_decay must be a finite number >= 0"),
     ("distill.grad_clip", float("inf"), "distill.grad_clip must be a finite number >= 0"),
     ("student.max_norm", float("-inf"), "student.max_norm must be a finite number >= 0"),
@@ -62,7 +69,13 @@ BAD = [
     ("student.dropout", 1.0, "student.dropout must be"),
     ("distill.flip", "yes", "distill.flip must be true or false"),
     ("data.val_fraction", 0.9, "data.val_fraction must be"),
-    ("seed", -3, "seed must be an integer >= 0"),
+    ("seed", -3, "seed must be an integer in [0, 2**63 - 1] (got -3)"),
+    ("seed", 2**63, "seed must be an integer in [0, 2**63 - 1] (got 9223372036854775808)"),
+    ("seed", 2**64, "seed must be an integer in [0, 2**63 - 1] (got 18446744073709551616)"),
+    ("data.split_seed", -1, "data.split_seed must be an integer in [0, 2**64 - 1] (got -1)"),
+    ("data.split_seed", 2**64,
+     "data.split_seed must be an integer in [0, 2**64 - 1] (got 18446744073709551616)"),
+    ("data.split_seed", 1.0, "data.split_seed must be an integer in [0, 2**64 - 1] (got 1.0)"),
     ("teacher.epoch", 3, "teacher.epoch is not a known key; allowed: arch,"),
     ("temperature", 3, "temperature is not a known key"),
     ("distill.arch", "mlp:10", "distill.arch is not a known key"),
@@ -77,6 +90,26 @@ BAD = [
     ("launch", "", "launch must be python or a torchrun command"),
     ("launch", _DELETE, "launch is missing"),
 ]
+
+
+@pytest.mark.parametrize("key,value", [("T", 0.1), ("T", 100), ("seed", 0), ("seed", 2**63 - 1),
+                                       ("data.split_seed", 0), ("data.split_seed", 2**64 - 1)])
+def test_the_edges_of_each_range_are_allowed(key, value):
+    raw = tiny_params()
+    _set(raw, key, value)
+    validate(raw)
+
+
+def test_the_seed_ranges_are_what_torch_and_numpy_take():
+    # data.split_seed seeds a torch.Generator; seed also numpy's default_rng, and seed + rank under
+    # torchrun. torch takes an unsigned 64-bit seed, numpy any seed >= 0.
+    torch.Generator().manual_seed(2**64 - 1)
+    torch.Generator().manual_seed((2**63 - 1) + 2**63)  # the last seed at rank 2**63
+    np.random.default_rng(2**63 - 1)
+    with pytest.raises(ValueError, match="Overflow"):
+        torch.Generator().manual_seed(2**64)
+    with pytest.raises(ValueError):
+        np.random.default_rng(-1)
 
 
 @pytest.mark.parametrize("launch", [
@@ -209,7 +242,7 @@ def test_error_names_the_file_once(workdir, capsys):
     from stages import check
 
     for argv, message in ((["--params", "nope.yaml"], "error: nope.yaml: no such params file\n"),
-                          ([], "error: params.yaml: T must be a finite number > 0 (got inf)\n")):
+                          ([], "error: params.yaml: T must be a number in [0.1, 100] (got inf)\n")):
         raw = tiny_params()
         raw["T"] = float("inf")
         write_params(workdir, raw)
@@ -230,3 +263,68 @@ def test_check_stage_writes_the_same_marker_for_any_valid_params(workdir):
     check.main([])
     # the same bytes: DVC then reruns only the stages whose own params changed
     assert (workdir / "checks/params.ok").read_bytes() == first
+
+
+# `dvc exp run -n NAME` tried for real (DVC 3.67, ext4): names up to 250 bytes are stored, longer ones
+# fail with "File name too long" on NAME.lock after every stage ran; the characters git refuses
+# are refused by DVC before any stage runs; `-`, `@`, `<`, `>` and the like are stored as they are.
+NAMES_REFUSED = [
+    ("a" * 251, "it is 251 bytes long; DVC stores it as a git ref file, whose name may hold 250 bytes "
+                "(255 less '.lock')"),
+    ("a" * 255, "it is 255 bytes long"),
+    ("a" * 300, "it is 300 bytes long"),
+    ("\u00e9" * 126, "it is 252 bytes long"),  # é is two bytes in UTF-8
+    ("a b", "it holds ' '; a git ref may hold no space, control character or any of ~ ^ : ? * [ \\ "
+            "(nor / for DVC)"),
+    *[(f"a{c}b", f"it holds {c!r}; a git ref may hold no") for c in "~^:?*[\\/\t\x7f"],
+    ("a..b", "it holds '..', which a git ref may not"),
+    ("a@{b", "it holds '@{', which a git ref may not"),
+    (".ab", "it starts with '.', which a git ref may not"),
+    ("ab.", "it ends with '.', which a git ref may not"),
+    ("ab.lock", "it ends with '.lock', which a git ref may not"),
+    ("", "it is empty"),
+]
+NAMES_STORED = ["a" * 240, "a" * 250, "\u00e9" * 125, "-ab", "-", "@", "a@b", "a<b>c", "a.b", "a.lock.x",
+                "T=4,alpha=0.5", "a'b\"c$d#e%f", "workspace", "smoke-exp"]
+
+
+def _name_id(name: str) -> str:
+    return f"{name[:8]!r}" + (f"...({len(name)})" if len(name) > 8 else "")
+
+
+@pytest.mark.parametrize("name,message", NAMES_REFUSED, ids=[_name_id(n) for n, _ in NAMES_REFUSED])
+def test_experiment_name_dvc_cannot_store_is_refused_in_one_line(name, message):
+    error = experiment_name_error(name)
+    assert error is not None and message in error and "\n" not in error
+
+
+@pytest.mark.parametrize("name", NAMES_STORED, ids=[_name_id(n) for n in NAMES_STORED])
+def test_experiment_name_dvc_stores_is_accepted(name):
+    assert experiment_name_error(name) is None
+
+
+def test_experiment_name_error_agrees_with_dvc(tmp_path):
+    # What `dvc exp run -n NAME` does with NAME, without running a stage: DVC's own check, then the
+    # ref written where the experiment's commit goes. ("" is not a name: DVC makes one up.)
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.repo.experiments.refs import ExpRefInfo
+    from dvc.repo.experiments.utils import check_ref_format
+    from scmrepo.git import Git
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                    "-q", "--allow-empty", "-m", "baseline"], check=True)
+    scm = Git(str(tmp_path))
+    sha = scm.get_rev()
+
+    def dvc_stores(name: str) -> bool:
+        ref = ExpRefInfo(baseline_sha=sha, name=name)
+        try:
+            check_ref_format(scm, ref)
+            scm.set_ref(str(ref), sha)
+        except (InvalidArgumentError, OSError):
+            return False
+        return scm.get_ref(str(ref)) == sha
+
+    names = [n for n, _ in NAMES_REFUSED if n] + NAMES_STORED
+    assert {n: experiment_name_error(n) is None for n in names} == {n: dvc_stores(n) for n in names}

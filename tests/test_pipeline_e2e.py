@@ -206,7 +206,7 @@ LAUNCH_REFUSED = "params.yaml: launch must be python or a torchrun command"
 
 @pytest.mark.parametrize("how,message", [
     ("append Temp: 8 to params.yaml, dvc repro", "params.yaml: Temp is not a known key"),
-    ("dvc exp run -S T=0", "params.yaml: T must be a finite number > 0 (got 0.0)"),
+    ("dvc exp run -S T=0", "params.yaml: T must be a number in [0.1, 100] (got 0.0)"),
     ("dvc exp run -S launch='python $(touch pwned)'", LAUNCH_REFUSED),
     ("dvc exp run -S launch='python; touch pwned'", LAUNCH_REFUSED),
     ("conf/config.yaml launch: python `touch pwned`, dvc exp run", LAUNCH_REFUSED),

@@ -149,3 +149,100 @@ def test_accuracy_plot_draws_three_models_in_three_colours(repo):
                        r'aria-roledescription="line mark"[^>]*stroke="([^"]+)"', svg)
     assert sorted(model for model, _ in lines) == sorted(MODELS.values())
     assert len({stroke for _, stroke in lines}) == 3
+
+
+# Revision names as hostile as git allows in a branch (no spaces): the page wrapper's own end tag,
+# a comment opener that leaves the HTML parser inside a script, markup, quotes, an entity, a backtick.
+HOSTILE_REVS = ["</plaintext><marquee>x", "<!--<script>", "</script><h1>INJ", "&amp;\"'", "a`<h1>b"]
+# In a vega spec's data anything goes (a CSV cell, say): these also fake DVC's wrapper around a spec.
+HOSTILE_DATA = [*HOSTILE_REVS, "\"}; vegaEmbed('#x', spec); </script></div>",
+                '<div id = "y"> <script type = "text/javascript"> var spec = {"title": "fake"};',
+                "\\\" ]]> --> </PLAINTEXT >"]
+
+
+def hostile_page(tmp_path: Path) -> tuple[str, list[dict]]:
+    """A page DVC's renderer writes with our template: two charts whose revisions are HOSTILE_DATA,
+    a third after them; and the specs as DVC serialised them."""
+    from dvc_render import VegaRenderer, render_html
+
+    template = plots_template.build(NODE_MODULES, tmp_path / "template.html")
+    renderers = [VegaRenderer([{"step": s, "loss": s * k, "rev": rev} for rev in revs
+                               for s in range(3)], f"loss {k}.csv", x="step", y="loss", title=f"chart {k}")
+                 for k, revs in ((1, HOSTILE_DATA), (2, HOSTILE_DATA[::-1]), (3, ["main"]))]
+    specs = [json.loads(r.partial_html()) for r in renderers]
+    out = render_html(renderers, tmp_path / "index.html", html_template=template)
+    return Path(out).read_text(encoding="utf-8"), specs
+
+
+def draw_in_node(page: str) -> tuple[list[dict], list[str]]:
+    """Run the page's own drawing script in node, the HTML parser's part done by hand: the text of
+    the page's final <plaintext> element is every character after its start tag (the standard's
+    PLAINTEXT state). Returns the specs it hands vegaEmbed and the text of what else it adds."""
+    head, tag, text = page.partition('<plaintext hidden id="dvc-plots">')
+    assert tag, "the page has no <plaintext> element for DVC's output"
+    script = head[head.rindex("<script>") + len("<script>"):head.rindex("</script>")]
+    node = """
+    const [script, text] = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+    const made = []; let ready;
+    globalThis.document = {
+      addEventListener: (event, f) => { if (event === 'DOMContentLoaded') ready = f; },
+      getElementById: (id) => id === 'dvc-plots' ? {textContent: text, remove() {}} : null,
+      createElement: (tag) => { const e = {tag, textContent: ''}; made.push(e); return e; },
+      body: {appendChild: (e) => e},
+    };
+    globalThis.vegaEmbed = (div, spec) => { div.spec = spec; return Promise.resolve(); };
+    (0, eval)(script);
+    ready();
+    process.stdout.write(JSON.stringify(made));"""
+    made = json.loads(subprocess.run(["node", "-e", node], input=json.dumps([script, text]),
+                                     capture_output=True, text=True, check=True, timeout=60).stdout)
+    return [e["spec"] for e in made if "spec" in e], [e["textContent"] for e in made if e["textContent"]]
+
+
+def test_nothing_dvc_writes_into_the_page_is_parsed_as_html(tmp_path):
+    """DVC's output goes after the template's last tag, <plaintext>, whose text runs to the end of
+    the file: no tag, comment, entity or end tag in it is recognised, whatever a name holds."""
+    page, _ = hostile_page(tmp_path)
+    before, after = (tmp_path / "template.html").read_text().split("{plot_divs}")
+    tag = '<plaintext hidden id="dvc-plots">'
+    assert before.endswith(tag) and "<plaintext" not in before[:-len(tag)].lower() and after == ""
+    assert page.startswith(before)
+    # DVC pasted the names unescaped for HTML (only JSON-escaped): the case at hand.
+    assert all(json.dumps(name)[1:-1] in page for name in HOSTILE_DATA)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
+def test_every_chart_is_drawn_from_its_spec_whatever_the_names_hold(tmp_path):
+    page, specs = hostile_page(tmp_path)
+    drawn, other = draw_in_node(page)
+    assert drawn == specs and other == []
+    assert {d["rev"] for d in drawn[0]["data"]["values"]} == set(HOSTILE_DATA)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
+def test_diff_of_hostile_branch_names_draws_every_plot(repo):
+    for i, name in enumerate(HOSTILE_REVS):
+        write_csv(repo, "distilled", shift=0.01 * (i + 1))
+        git(repo, "commit", "-qam", f"revision {i}")
+        git(repo, "branch", name)
+    dvc(repo, "plots", "diff", *HOSTILE_REVS)
+    drawn, other = draw_in_node((repo / "dvc_plots" / "index.html").read_text())
+    defined = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    assert sorted(map(title, drawn)) == sorted(next(iter(p.values()))["title"] for p in defined)
+    for spec in drawn:
+        assert {d["rev"] for d in spec["data"]["values"]} == set(HOSTILE_REVS)
+    assert other == []
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (Debian's package)")
+def test_a_browser_draws_every_chart_and_no_name_becomes_markup(tmp_path):
+    """The page as a user opens it, in headless Chromium: three vega-embed charts, no <h1>,
+    <marquee> or comment from the names in the document."""
+    hostile_page(tmp_path)
+    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+                           "--dump-dom", (tmp_path / "index.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    body = re.sub(r"<(script|style)\b.*?</\1>", "", proc.stdout, flags=re.DOTALL | re.IGNORECASE)
+    assert body.count('class="vega-embed') == 3, proc.stderr[-2000:]
+    assert not re.search(r"<(h1|marquee)\b|<!--|chart not drawn|Not drawn", body, flags=re.IGNORECASE)

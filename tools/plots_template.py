@@ -8,6 +8,10 @@ it renders from the file system, and still does when copied off the machine. (Re
 src> paths to node_modules would break as soon as the page is written with `-o`, from a
 subfolder, or copied elsewhere.)
 
+DVC pastes each chart into the page as HTML with the revision names (experiment and branch names,
+anybody's input) unescaped in it, so the page does not let the HTML parser read that part: it is
+the text of a final <plaintext> element, and a small script (DRAW) draws the charts from it.
+
 In:  node_modules/{vega,vega-lite,vega-embed} (`npm ci` at the repository root; run.sh does it).
 Out: build/plots_template.html (git-ignored; run.sh rebuilds it).
 Run: python -m tools.plots_template [--node-modules DIR] [--out FILE]
@@ -25,6 +29,69 @@ LIBRARIES = ("vega", "vega-lite", "vega-embed")
 # Placeholders DVC fills with str.replace (dvc_render.html.HTML.embed); only {plot_divs} is ours.
 PLACEHOLDERS = ("{plot_divs}", "{scripts}", "{refresh_tag}")
 
+# DVC pastes each chart as (dvc_render.vega.VegaRenderer.DIV)
+#   <div id = "ID"> <script type = "text/javascript"> var spec = JSON; vegaEmbed('#ID', spec);
+#   </script> </div>
+# with every revision name unescaped inside JSON strings (json.dumps leaves < > & / ! - as they
+# are). Read as HTML, a name holding "<!--<script>" leaves the parser inside that script, and every
+# chart after it blank; "</script><h1>" makes markup. No wrapper with an end tag can hold that safely:
+# <textarea>, <xmp>, <noscript>, <script type="text/plain"> and comments all end at a string a name
+# may hold, and <textarea> decodes entities too. So {plot_divs} is the content of a <plaintext>
+# element, the page's last: after its start tag the HTML parser reads every character to the end of
+# the file as text (the standard's PLAINTEXT tokenizer state has no way out: no end tag, comment,
+# entity or tag is recognised), so whatever a name holds stays text. DRAW reads that text, splits it
+# along DVC's fixed wrapper, finds where each spec ends by scanning JSON (a string ends only at an
+# unescaped quote, so nothing in a name ends a spec early), and draws each chart from JSON.parse in
+# a fresh <div>. The text is never handed to the HTML parser again. Output that is not one of those
+# charts (DVC's image plots paste names as HTML too) is left out, with a note.
+DRAW = r"""
+function jsonEnd(text, i) {  // index just after the JSON object or array that starts at text[i]
+  let depth = 0, inString = false;
+  for (; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === "\\") i++;  // skip the escaped character, \" included
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === "{" || c === "[") depth++;
+    else if ((c === "}" || c === "]") && --depth === 0) return i + 1;
+  }
+  return -1;
+}
+
+function dvcSpecs(text) {  // {specs: [each chart's JSON text], rest: what is not such a chart}
+  // IDs are plot names with < > { } ; = and spaces made "_" (dvc_render Renderer.remove_special_chars)
+  const open = /\s*<div id = "[^>]*">\s*<script type = "text\/javascript">\s*var spec = /y;
+  const close = /;\s*vegaEmbed\('#[^>]*', spec\);\s*<\/script>\s*<\/div>/y;
+  const specs = [];
+  let pos = 0;
+  for (;;) {
+    open.lastIndex = pos;
+    if (!open.test(text) || text[open.lastIndex] !== "{") break;
+    const start = open.lastIndex, end = jsonEnd(text, start);
+    close.lastIndex = end;
+    if (end < 0 || !close.test(text)) break;
+    specs.push(text.slice(start, end));
+    pos = close.lastIndex;
+  }
+  return {specs, rest: text.slice(pos).trim()};
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const source = document.getElementById("dvc-plots");
+  const {specs, rest} = dvcSpecs(source.textContent);
+  source.remove();
+  const add = (tag) => document.body.appendChild(document.createElement(tag));
+  for (const json of specs) {
+    const div = add("div");
+    const failed = (e) => { div.textContent = `chart not drawn: ${e}`; };
+    try { vegaEmbed(div, JSON.parse(json)).catch(failed); } catch (e) { failed(e); }
+  }
+  if (rest) add("p").textContent = `Not drawn: ${rest.length} characters of DVC output that are `
+    + "not a vega chart (image plots?); see `dvc plots show --json`.";
+});
+"""
+
 PAGE = """<!DOCTYPE html>
 <html>
 <head>
@@ -37,10 +104,10 @@ PAGE = """<!DOCTYPE html>
 </style>
 </head>
 <body>
-{{plot_divs}}
-</body>
-</html>
-"""
+<script>{draw}</script>
+<plaintext hidden id="dvc-plots">{{plot_divs}}"""
+# Nothing may follow {plot_divs}: it would be text of the <plaintext> too. </body> and </html> are
+# optional in HTML.
 
 
 def library_script(node_modules: Path, name: str) -> str:
@@ -60,7 +127,8 @@ def build(node_modules: Path, out: Path) -> Path:
     if missing:
         raise SystemExit(f"{', '.join(missing)} not in {node_modules}: run `npm ci` at the "
                          "repository root first")
-    html = PAGE.format(libraries="\n".join(library_script(node_modules, n) for n in LIBRARIES))
+    html = PAGE.format(libraries="\n".join(library_script(node_modules, n) for n in LIBRARIES),
+                       draw=DRAW)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out

@@ -1,0 +1,91 @@
+"""report.md shows user-named values (the experiment name, above all) as literal text.
+
+Renders report_markdown's output with markdown-it (CommonMark, with GFM tables), as a reader's
+viewer would, and reads the HTML back: no tag comes from a name, and each name reads as typed.
+"""
+
+from html.parser import HTMLParser
+
+import pytest
+
+from kd import params, reporting
+from tests.conftest import tiny_params
+
+markdown_it = pytest.importorskip("markdown_it", reason="markdown-it-py renders the report")
+
+HOSTILE = ["a`<h1>INJ<marquee>", "``</code><script>alert(1)</script>", "<!--", "x\n\n<h1>y",
+           "&amp; & <b>bold</b>", "`", " spaced ", "*em* _u_ [link](http://x) <http://x>", "a|b"]
+
+
+class Html(HTMLParser):
+    """The start tags of an HTML fragment, and the text of each <code> element."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.code: list[str] = []
+        self._in_code = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "code":
+            self._in_code = True
+            self.code.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "code":
+            self._in_code = False
+
+    def handle_data(self, data):
+        if self._in_code:
+            self.code[-1] += data
+
+    def handle_comment(self, data):
+        self.tags.append("<!--")
+
+
+def render(md: str) -> Html:
+    return Html(markdown_it.MarkdownIt("commonmark").enable("table").render(md))
+
+
+def report(experiment: str, arch: str = "mlp:32") -> str:
+    p = params.validate(tiny_params())
+    rows = [{"name": name, "arch": arch, "params": 1000, "test_acc": 0.9, "test_errors": 10,
+             "agreement": None if name == "teacher" else 0.95, "test_ece": 0.01, "best_epoch": 2}
+            for name in ("teacher", "student baseline", "distilled student")]
+    finals = {n: {"test_acc": 0.9, "test_errors": 10} for n in ("teacher", "student", "distilled")}
+    head = reporting.headline(finals, 0.95, 0.95)
+    return reporting.report_markdown(p, experiment, rows, head, finals["distilled"], ["zero", "one"],
+                                     {r["name"]: [1, 2] for r in rows})
+
+
+@pytest.mark.parametrize("name", ["jumpy-bats", "a1b2c3d"])
+def test_ordinary_names_come_out_unchanged(name):
+    md = report(name)
+    assert f"Experiment `{name}`, preset `none`," in md
+    assert "| teacher | `mlp:32` | 1,000 |" in md
+
+
+def test_the_report_renders_only_its_own_markup():
+    """The baseline for the test below: what an ordinary report holds."""
+    html = render(report("jumpy-bats"))
+    assert html.tags.count("h1") == 1 and "<!--" not in html.tags
+    assert html.code[:2] == ["jumpy-bats", "none"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_experiment_name_renders_as_its_own_text(name):
+    html, plain = render(report(name)), render(report("jumpy-bats"))
+    assert html.tags == plain.tags  # no tag or comment opened by the name, none closed early
+    assert html.code[0] == " ".join(name.splitlines())  # read as typed (a line break: a space)
+
+
+@pytest.mark.parametrize("arch", ["mlp:32|<h1>x", "a`b</td>"])
+def test_hostile_architecture_stays_in_its_table_cell(arch):
+    """The architecture comes from the checkpoint file; a `|` would split its cell even inside a
+    code span."""
+    html, plain = render(report("jumpy-bats", arch)), render(report("jumpy-bats"))
+    assert html.tags == plain.tags
+    assert html.code[2:5] == [arch] * 3  # the comparison table's three architecture cells
