@@ -13,10 +13,12 @@ page therefore show the summary; the charts show the history.
 
 Runs and outputs stay consistent when a stage fails or is killed:
 - a stage's files are written only after its run has logged everything, so a failure to log
-  leaves the old files; the run of a stage that raised ends FAILED;
-- each stage run first marks KILLED the RUNNING runs of this host whose process is gone
-  (`kill -9`), and their PENDING logged models FAILED. A run whose process still lives (a queued
-  experiment running beside this one) is never touched;
+  leaves the old files; the run of a stage that raised ends FAILED, of one stopped by a signal
+  KILLED (kd/interrupt.py), and its logged models left PENDING are marked FAILED;
+- each stage run first marks KILLED the RUNNING runs whose process is provably gone (`kill -9`;
+  started in this boot and PID namespace, kd/lineage.py), and their PENDING logged models FAILED.
+  A run whose process still lives (a queued experiment running beside this one), or that another
+  machine or container made, is never touched;
 - MLflow's staging folders go under `.tmp/` in the store's root, one per process, removed when
   its stage ends; the next stage removes those of killed processes: nothing is left in the
   system's temp folder;
@@ -62,10 +64,7 @@ def _close_dead_runs(client, experiment_id: str) -> None:
         if not process_gone(run.data.tags.get("process", "")):
             continue
         client.set_terminated(run.info.run_id, "KILLED")
-        for model in client.search_logged_models(
-                [experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"):
-            if str(model.status) == "PENDING":
-                client.finalize_logged_model(model.model_id, "FAILED")
+        _fail_pending_models(client, experiment_id, run.info.run_id)
 
 
 def _staging_dir() -> Path:

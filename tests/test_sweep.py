@@ -210,7 +210,7 @@ def test_markdown_has_a_line_per_setting_and_per_experiment(shown, params):
     md = sweep_cli.markdown(rows, "accuracy_vs_T.png")
     assert "| digits | — | 0.9 | 1 | 0, 1 | — | 32.49 ± 6.90 | 200.5 | -41.75 ± 13.81 |" in md
     assert "| digits | — | 0.5 | 2 | 0 | — | 64.65 | 105 | -14.48 | 79.12 | 78.11 |" in md
-    assert "| every-dirk | `1d9a430` | digits | 1 | 0.9 | 0 | 78.11 | 79.12 | 27.61 |" in md
+    assert "| `every-dirk` | `1d9a430` | digits | 1 | 0.9 | 0 | 78.11 | 79.12 | 27.61 |" in md
     assert "Warning" not in md and "differ in" not in md and "](accuracy_vs_T.png)" in md
     assert sweep_cli.repeated_seeds(sweep.aggregate(rows)) == []
 
@@ -379,8 +379,8 @@ def test_failed_experiments_are_listed_with_their_loss_settings():
              {"Experiment": "old-failure", "rev": "c" * 7, "State": "Failed"}]  # before losses
     table = sweep_cli.failed_table(shown)
     assert table.splitlines()[2] == \
-        "| hot-dkd | fashion-mnist | dkd | 0.9 | 2 | dkd_alpha=1, dkd_beta=8 | 1 |"
+        "| `hot-dkd` | fashion-mnist | dkd | 0.9 | 2 | dkd_alpha=1, dkd_beta=8 | 1 |"
     assert len(table.splitlines()) == 3
     assert sweep_cli.failed_table(shown[1:]) is None
     md = sweep_cli.losses_markdown(sweep.by_loss([_loss_row("kd", 0, 0.9, 0.9)]), failed=table)
-    assert "## Experiments that failed" in md and "| hot-dkd |" in md
+    assert "## Experiments that failed" in md and "| `hot-dkd` |" in md

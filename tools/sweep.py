@@ -31,7 +31,7 @@ from dvc.repo import Repo
 from matplotlib.figure import Figure
 
 from kd import io
-from kd.reporting import markdown_table
+from kd.reporting import code_span, markdown_table
 from tools.sweep_rows import (
     LOSS_KEY,
     Group,
@@ -126,7 +126,7 @@ def experiments_table(rows: list[Row]) -> str:
     return markdown_table(
         ["experiment", "rev", "dataset", "T", "alpha", "seed", "teacher acc (%)", "student acc (%)",
          "distilled acc (%)", "teacher errors", "student errors", "distilled errors", "agreement (%)"],
-        [[r.name, f"`{r.rev}`", r.dataset, f"{r.T:g}", f"{r.alpha:g}", r.seed,
+        [[code_span(r.name), f"`{r.rev}`", r.dataset, f"{r.T:g}", f"{r.alpha:g}", r.seed,
           *(f"{100 * acc:.2f}" for acc in (r.teacher_acc, r.student_acc, r.distilled_acc)),
           r.teacher_errors, r.student_errors, r.distilled_errors,
           "—" if r.agreement is None else f"{100 * r.agreement:.2f}"] for r in rows])
@@ -266,7 +266,7 @@ def failed_table(shown: list[dict]) -> str | None:
                                     if k.startswith(f"distill.{r[LOSS_KEY]}_")}))
     return markdown_table(
         ["experiment", "dataset", "loss", "alpha", "T", "own settings", "seed"],
-        [[r.get("Experiment") or r["rev"], r.get("dataset"), r[LOSS_KEY], f"{r.get('alpha'):g}",
+        [[code_span(r.get("Experiment") or r["rev"]), r.get("dataset"), r[LOSS_KEY], f"{r.get('alpha'):g}",
           f"{r.get('T'):g}", knobs(r), f"{r.get('seed'):g}"]
          for r in sorted(failed, key=lambda r: (str(r.get("dataset")), r[LOSS_KEY], knobs(r),
                                                 r.get("T"), r.get("seed")))])
