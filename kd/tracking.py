@@ -35,6 +35,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,17 +110,26 @@ class StageRun:
         self.run_id = run_id
         self._model_id: str | None = None
         self._unsent: list[tuple[dict, int]] = []  # epoch rows the store has not taken yet
+        self._down_since: float | None = None  # when the store began refusing them
 
     def log_epoch(self, metrics: dict, epoch: int) -> None:
-        """One epoch of the history, under `epoch/<key>` at step = epoch (never step 0)."""
+        """One epoch of the history, under `epoch/<key>` at step = epoch (never step 0). A store
+        that refuses it is tried again at the next epoch; one that has refused every try for
+        store.wait_seconds() stops the stage (TrackingError)."""
         row = {f"{HISTORY_PREFIX}{k}": v for k, v in _numeric(metrics).items() if k != "epoch"}
         self._unsent.append((row, epoch))
+        tried = time.monotonic()
         try:
             self._send_epochs()
+            self._down_since = None
         except store.TrackingError as e:
             if not e.transient:
                 raise  # read-only, full: waiting will not help
-            # kept for the next epoch; the stage's end waits for the store (flush)
+            self._down_since = self._down_since or tried
+            down = time.monotonic() - self._down_since
+            if down > store.wait_seconds():
+                raise store.TrackingError(f"{e} (down for {down:.0f} s, {len(self._unsent)} "
+                                          f"epochs unsent)", transient=True) from None
 
     def _send_epochs(self, wait: float = 0.0) -> None:
         while self._unsent:

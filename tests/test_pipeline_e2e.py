@@ -207,6 +207,13 @@ LAUNCH_REFUSED = "params.yaml: launch must be python or a torchrun command"
 @pytest.mark.parametrize("how,message", [
     ("append Temp: 8 to params.yaml, dvc repro", "params.yaml: Temp is not a known key"),
     ("dvc exp run -S T=0", "params.yaml: T must be a number in [0.1, 100] (got 0.0)"),
+    ("dvc exp run -S T=1e8", "params.yaml: T must be a number in [0.1, 100] (got 100000000.0)"),
+    ("dvc exp run -S seed=18446744073709551616",
+     "params.yaml: seed must be an integer in [0, 2**63 - 1] (got 18446744073709551616)"),
+    ("dvc exp run -S data.split_seed=18446744073709551616",
+     "params.yaml: data.split_seed must be an integer in [0, 2**64 - 1]"),
+    (f"dvc exp run -n {'x' * 300} -S T=3", f"experiment name '{'x' * 40}...' (DVC_EXP_NAME): it is "
+     "300 bytes long; DVC stores it as a git ref file, whose name may hold 250 bytes"),
     ("dvc exp run -S launch='python $(touch pwned)'", LAUNCH_REFUSED),
     ("dvc exp run -S launch='python; touch pwned'", LAUNCH_REFUSED),
     ("conf/config.yaml launch: python `touch pwned`, dvc exp run", LAUNCH_REFUSED),
@@ -226,6 +233,8 @@ def test_bad_params_stop_dvc_before_it_touches_any_output(repo, how, message):
         conf = repo / "conf" / "config.yaml"
         conf.write_text(conf.read_text().replace("launch: python", "launch: python `touch pwned`"))
         cmd = ["dvc", "exp", "run"]
+    elif how.startswith("dvc exp run -n "):
+        cmd = how.split()
     else:
         cmd = ["dvc", "exp", "run", "-S", how.removeprefix("dvc exp run -S ")]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,

@@ -1,0 +1,218 @@
+"""The pieces of failure handling, each on its own and quick: a stop signal and the end of `dvc`
+(kd/interrupt.py), outputs put back from DVC's cache (kd/keep.py), a store that is down or
+locked (kd/store.py, kd/tracking.py), a params file changed under a pipeline
+(kd/params_watch.py). tests/test_interrupts.py drives the same through DVC."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kd import keep, params_watch, store
+from tests.conftest import ROOT
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from kd import cli, interrupt
+    interrupt.install()
+    print("ready", flush=True)
+    with cli.friendly_errors():
+        time.sleep(60)
+""")
+
+
+def spawn(code: str, **extra_env) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **extra_env})
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                        (signal.SIGHUP, 129)])
+def test_a_stop_signal_is_one_line_and_128_plus_its_number(sig, status):
+    proc = spawn(CHILD)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == status
+    assert err == f"interrupted: stage ({sig.name})\n"
+
+
+def test_a_second_signal_while_closing_ends_at_once():
+    code = CHILD.replace("    time.sleep(60)\n", "    try:\n        time.sleep(60)\n"
+                         "    finally:  # the run being closed, slowly\n        time.sleep(60)\n")
+    assert "finally" in code
+    proc = spawn(code)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert err == "interrupted: stage (SIGINT)\n"
+
+
+def test_a_stage_stops_when_the_dvc_that_runs_it_ends(tmp_path):
+    """`dvc` killed (SIGKILL: no chance to pass anything on), with a shell between it and the
+    stage as dash leaves one: the stage sees it gone within seconds and stops."""
+    fake_dvc = tmp_path / "dvc"
+    fake_dvc.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                        f"subprocess.run(['/bin/sh', '-c', sys.argv[1] + '; true'])\n")
+    fake_dvc.chmod(0o755)
+    out = tmp_path / "stage.err"
+    child = f"{sys.executable} -c '{CHILD}' 2> {out}"
+    dvc = subprocess.Popen([str(fake_dvc), child], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "DVC_STAGE": "stage"})
+    assert dvc.stdout.readline().strip() == "ready"
+    dvc.kill()
+    dvc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "interrupted" not in out.read_text():
+        time.sleep(0.2)
+    assert out.read_text() == "interrupted: stage (SIGTERM)\n"
+
+
+def test_outside_a_stage_process_ctrl_c_stays_python_s():
+    """Importing the stages (tests, notebooks) installs nothing."""
+    code = "import stages.check, signal; print(signal.getsignal(signal.SIGINT).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "default_int_handler"
+
+
+def dvc_repo(tmp_path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path,
+                   check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    return tmp_path
+
+
+def cache_object(repo: Path, data: bytes) -> str:
+    md5 = hashlib.md5(data).hexdigest()
+    path = repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return md5
+
+
+def test_missing_outputs_come_back_from_dvc_s_cache_and_present_ones_stay(tmp_path):
+    repo = dvc_repo(tmp_path)
+    files = {"model/teacher.pt": b"weights", "metrics/teacher.json": b'{"test_acc": 0.9}\n'}
+    folder = {"a.pt": b"train split", "sub/b.json": b"{}"}
+    manifest = json.dumps([{"relpath": rel, "md5": cache_object(repo, data)}
+                           for rel, data in sorted(folder.items())]).encode()
+    dir_md5 = hashlib.md5(manifest).hexdigest() + ".dir"  # how DVC names a folder's manifest
+    (repo / ".dvc/cache/files/md5" / dir_md5[:2]).mkdir(parents=True, exist_ok=True)
+    (repo / ".dvc/cache/files/md5" / dir_md5[:2] / dir_md5[2:]).write_bytes(manifest)
+    outs = [{"path": p, "md5": cache_object(repo, d)} for p, d in files.items()]
+    outs.append({"path": "data/digits", "md5": dir_md5})
+    (repo / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": {"teacher": {
+        "outs": [{**o, "hash": "md5"} for o in outs]}}}))
+    (repo / "metrics").mkdir()
+    (repo / "metrics/teacher.json").write_text("kept as it is\n")
+
+    restored = keep.restore_outputs("teacher", repo)
+    assert sorted(restored) == ["data/digits", "model/teacher.pt"]
+    assert (repo / "model/teacher.pt").read_bytes() == b"weights"
+    assert (repo / "metrics/teacher.json").read_text() == "kept as it is\n"
+    assert {str(p.relative_to(repo / "data/digits")): p.read_bytes()
+            for p in (repo / "data/digits").rglob("*") if p.is_file()} == folder
+    assert keep.restore_outputs("teacher", repo) == []  # nothing missing: nothing done
+
+
+def test_restoring_is_quiet_where_it_cannot_help(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    assert keep.restore_outputs(root=tmp_path) == []  # not under DVC
+    assert keep.restore_outputs("teacher", tmp_path) == []  # no dvc.lock
+    repo = dvc_repo(tmp_path)
+    (repo / "dvc.lock").write_text(json.dumps({"stages": {"teacher": {"outs": [
+        {"path": "model/teacher.pt", "md5": "0" * 32}]}}}))
+    assert keep.restore_outputs("teacher", repo) == []  # not in the cache
+    assert not (repo / "model/teacher.pt").exists()
+
+
+def test_transient_store_errors_are_told_from_lasting_ones():
+    locked = sqlite3.OperationalError("database is locked")
+    assert store.transient(locked)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as e:
+            raise RuntimeError("API request to http://x failed with exception") from e
+    except RuntimeError as wrapped:
+        assert store.transient(wrapped)
+    assert not store.transient(sqlite3.OperationalError("attempt to write a readonly database"))
+    assert not store.transient(ValueError("no such experiment"))
+
+
+def test_patiently_retries_a_transient_error_then_gives_up_with_one_line(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store.db")
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "done"
+    assert store.patiently(flaky, wait=10) == "done"
+    assert len(calls) == 3 and 1.2 < calls[-1] - calls[0] < 3  # 0.5 s, then 1 s apart
+
+    began = time.monotonic()
+    with pytest.raises(store.TrackingError) as caught:
+        store.patiently(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is "
+                                                                                "locked")), wait=2)
+    assert time.monotonic() - began < 3
+    assert str(caught.value) == "MLflow store sqlite:///store.db: database is locked (gave up after 2 s)"
+    with pytest.raises(store.TrackingError, match="readonly") as caught:  # never retried
+        store.patiently(lambda: (_ for _ in ()).throw(
+            sqlite3.OperationalError("attempt to write a readonly database")), wait=60)
+    assert not caught.value.transient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_probe_answers_in_seconds(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(store.TrackingError, match="unreachable .*Connection refused"):
+        store.probe(url)
+    db = tmp_path / "mlflow.db"
+    store.probe(f"sqlite:///{db}")  # not made yet: fine, the first stage makes it
+    sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    store.probe(f"sqlite:///{db}")
+    monkeypatch.setattr(store, "CONNECT_SECONDS", 0.3)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(store.TrackingError, match="database is locked"):
+            store.probe(f"sqlite:///{db}")
+    finally:
+        holder.execute("ROLLBACK")
+
+
+def test_a_params_file_changed_under_a_pipeline_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvc/tmp").mkdir(parents=True)
+    params = tmp_path / "params.yaml"
+    params.write_text("T: 4\n")
+    monkeypatch.setattr(params_watch.interrupt, "dvc_process", lambda: "boot:1:100:5")
+    params_watch.record(params)  # the check stage of dvc process 100
+    params_watch.loaded(params)  # a later stage, same bytes: fine
+    params_watch.unchanged()
+
+    params.write_text("T: 5\n")  # a second `dvc exp run` wrote its -S
+    with pytest.raises(params_watch.ParamsChanged, match="changed while this stage ran"):
+        params_watch.unchanged()
+    with pytest.raises(params_watch.ParamsChanged, match="changed since this pipeline's check"):
+        params_watch.loaded(params)
+    monkeypatch.setattr(params_watch.interrupt, "dvc_process", lambda: "boot:1:200:7")
+    params_watch.loaded(params)  # another `dvc` process (a later `dvc repro -s`): its own file
