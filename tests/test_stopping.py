@@ -3,6 +3,7 @@
 locked (kd/store.py, kd/tracking.py), a params file changed under a pipeline
 (kd/params_watch.py). tests/test_interrupts.py drives the same through DVC."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -216,3 +217,25 @@ def test_a_params_file_changed_under_a_pipeline_is_refused(tmp_path, monkeypatch
         params_watch.loaded(params)
     monkeypatch.setattr(params_watch.interrupt, "dvc_process", lambda: "boot:1:200:7")
     params_watch.loaded(params)  # another `dvc` process (a later `dvc repro -s`): its own file
+
+
+@pytest.mark.parametrize("ending,status", [("interrupt", "KILLED"), ("error", "FAILED"),
+                                           ("success", "FINISHED")])
+def test_a_run_ends_with_how_its_stage_ended_and_no_model_stays_pending(mlflow_store, ending,
+                                                                        status):
+    """Ctrl-C while a model was being logged left it PENDING for good: the run's end marks every
+    PENDING logged model of it FAILED, whatever ended the stage."""
+    import mlflow
+
+    from kd import interrupt, tracking
+    from kd.errors import PipelineError
+    with contextlib.suppress(interrupt.Interrupted, PipelineError):
+        with tracking.stage_run("teacher", "digits", {"seed": 0}) as run:
+            model = mlflow.initialize_logged_model(name="teacher")  # logging, cut short
+            if ending == "interrupt":
+                raise interrupt.Interrupted(signal.SIGINT)
+            if ending == "error":
+                raise PipelineError("model/teacher.pt: cannot write it")
+    client = mlflow.MlflowClient()
+    assert client.get_run(run.run_id).info.status == status
+    assert str(client.get_logged_model(model.model_id).status) == "FAILED"
