@@ -239,3 +239,19 @@ def test_a_run_ends_with_how_its_stage_ended_and_no_model_stays_pending(mlflow_s
     client = mlflow.MlflowClient()
     assert client.get_run(run.run_id).info.status == status
     assert str(client.get_logged_model(model.model_id).status) == "FAILED"
+
+
+def test_tools_restore_puts_back_what_a_kill_9_left_missing(tmp_path, monkeypatch, capsys):
+    from tools import restore
+    repo = dvc_repo(tmp_path)
+    outs = [{"path": "metrics/teacher.json", "md5": cache_object(repo, b"{}\n")},
+            {"path": "report/report.md", "md5": cache_object(repo, b"# report\n")}]
+    (repo / "dvc.lock").write_text(json.dumps({"stages": {"teacher": {"outs": outs[:1]},
+                                                          "report": {"outs": outs[1:]}}}))
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    restore.main([])
+    assert capsys.readouterr().out == "restored metrics/teacher.json\nrestored report/report.md\n"
+    assert (repo / "report/report.md").read_text() == "# report\n"
+    restore.main(["--stage", "teacher"])
+    assert capsys.readouterr().out == "nothing to restore\n"

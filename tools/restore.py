@@ -1,0 +1,34 @@
+"""Put back every pipeline output that dvc.lock records and the workspace lacks, from DVC's cache,
+the `cache: false` metrics and report files included.
+
+A stage that fails or is stopped does this for itself (kd/keep.py). A stage killed with SIGKILL
+(`kill -9`, the kernel out of memory) cannot: DVC had deleted its outputs before starting it, and
+`dvc checkout` brings back only the cached ones. This puts back the rest, from the copies DVC's
+run cache keeps. Run: python -m tools.restore [--stage NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from kd import keep
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    ap.add_argument("--stage", action="append", help="only this stage's outputs (repeatable)")
+    args = ap.parse_args(argv)
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        raise SystemExit("error: dvc.lock: no such file (run from the repository root, after a "
+                         "`dvc repro`)")
+    stages = args.stage or list((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
+    restored = [path for stage in stages for path in keep.restore_outputs(stage)]
+    print("\n".join(f"restored {p}" for p in restored) or "nothing to restore")
+
+
+if __name__ == "__main__":
+    main()
