@@ -127,6 +127,8 @@ def probe(uri: str | None = None) -> None:
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_SECONDS):
                 return
+        except urllib.error.HTTPError:
+            return  # it answered (a login in front of /health, say): reachable; MLflow goes on
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", None) or e
             raise TrackingError(f"MLflow store {uri}: unreachable ({reason}); start the server "

@@ -5,6 +5,7 @@ locked (kd/store.py, kd/tracking.py), a params file changed under a pipeline
 
 import contextlib
 import hashlib
+import http.server
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -186,6 +188,18 @@ def test_probe_answers_in_seconds(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(store.TrackingError, match="unreachable .*Connection refused"):
         store.probe(url)
+    monkeypatch.setattr(store, "CONNECT_SECONDS", 0.5)
+    with socket.socket() as silent:  # takes the connection, never answers: a hung server
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        began = time.monotonic()
+        with pytest.raises(store.TrackingError, match="unreachable .*timed out"):
+            store.probe(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert time.monotonic() - began < 2
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    store.probe(f"http://127.0.0.1:{server.server_port}")  # answers 501: reachable, so it passes
+    server.server_close()
     db = tmp_path / "mlflow.db"
     store.probe(f"sqlite:///{db}")  # not made yet: fine, the first stage makes it
     sqlite3.connect(db).execute("create table t (x)").connection.commit()
