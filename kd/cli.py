@@ -74,11 +74,7 @@ def params_or_exit(path: str) -> Params:
         _check_experiment_name()
         params_watch.loaded(path)
         numerics.apply(p.numerics)
-    except params_watch.ParamsChanged as e:
-        _keep_outputs()
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except ParamsError as e:
+    except (ParamsError, params_watch.ParamsChanged) as e:
         _keep_outputs()
         print(f"error: {e}", file=sys.stderr)  # the message starts with the file's name
         raise SystemExit(2) from None

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from kd import lineage
@@ -87,14 +88,6 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # field 4; the name in (...) may hold spaces
-
-
 def dvc_process() -> str | None:
     """The `dvc` process running this stage, as a kd.lineage.process_id: the nearest ancestor
     whose command is `dvc` (or `python .../dvc`). None outside DVC (it sets DVC_STAGE for every
@@ -105,13 +98,11 @@ def dvc_process() -> str | None:
     while pid and pid > 1:
         if any(Path(arg).name == "dvc" for arg in _cmdline(pid)[:2]):
             return lineage.process_id(pid)
-        pid = _parent(pid)
+        pid = lineage.parent_pid(pid)
     return None
 
 
 def _watch(dvc: str) -> None:
-    stop = threading.Event()
-    while not stop.wait(POLL_SECONDS):
-        if lineage.process_gone(dvc):
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+    while not lineage.process_gone(dvc):
+        time.sleep(POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)

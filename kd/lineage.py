@@ -63,13 +63,24 @@ def _pid_namespace() -> str:
         return ""
 
 
-def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot): with the PID, it names one process."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the process's name (field 3 onwards); None without it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
+    return stat.rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): with the PID, it names one process."""
+    fields = _stat(pid)
+    return fields[19] if fields else None  # field 22
+
+
+def parent_pid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None  # field 4
 
 
 def process_id(pid: int | None = None) -> str:

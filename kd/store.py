@@ -58,8 +58,14 @@ def errors() -> Iterator[None]:
     except PipelineError:
         raise
     except Exception as e:  # MlflowException, SQLAlchemy's OperationalError, OSError, ...
-        raise TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}",
-                            transient(e)) from None
+        raise _refusal(e) from None
+
+
+def _refusal(e: Exception, wait: float = 0.0) -> TrackingError:
+    """The one line for a store's refusal, saying how long it was waited for if it was."""
+    retried = transient(e)
+    waited = f" (gave up after {wait:.0f} s)" if retried and wait else ""
+    return TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}{waited}", retried)
 
 
 def _reason(e: BaseException) -> str:
@@ -111,10 +117,9 @@ def patiently(call: Callable[[], object], wait: float | None = None):
         except PipelineError:
             raise
         except Exception as e:
-            if not transient(e) or time.monotonic() + delay > deadline:
-                waited = f" (gave up after {wait:.0f} s)" if transient(e) and wait else ""
-                raise TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}{waited}",
-                                    transient(e)) from None
+            refusal = _refusal(e, wait)
+            if not refusal.transient or time.monotonic() + delay > deadline:
+                raise refusal from None
         time.sleep(delay)
         delay = min(2 * delay, 8.0)
 
