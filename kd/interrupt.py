@@ -22,12 +22,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kd import lineage
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 1.0
+_held = 0  # how many deferred() blocks the main thread is in (handlers run in the main thread)
+_pending: int | None = None  # the stop signal a deferred() block holds back
 
 
 class Interrupted(BaseException):
@@ -61,9 +65,28 @@ def install() -> None:
 
 def _raise(signum: int, frame) -> None:
     # A second signal while the run is being closed ends the process at once, with the line.
+    global _pending
     for s in SIGNALS:
         signal.signal(s, _exit_now)
+    if _held:
+        _pending = signum  # raised when the store call in progress returns
+        return
     raise Interrupted(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A stop signal that arrives inside the block is raised as Interrupted when it ends (see the
+    module's docstring); nests. Outside a stage's process no handler is installed: a no-op."""
+    global _held, _pending
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _pending is not None:
+            signum, _pending = _pending, None
+            raise Interrupted(signum)
 
 
 def _exit_now(signum: int, frame) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kd import distributed
+from kd import distributed, interrupt
 from kd.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +52,11 @@ class TrackingError(PipelineError):
 
 @contextmanager
 def errors() -> Iterator[None]:
-    """Turn whatever MLflow or its database raises into a TrackingError naming the store."""
+    """Turn whatever MLflow or its database raises into a TrackingError naming the store. A stop
+    signal waits for the block's end (interrupt.deferred)."""
     try:
-        yield
+        with interrupt.deferred():
+            yield
     except PipelineError:
         raise
     except Exception as e:  # MlflowException, SQLAlchemy's OperationalError, OSError, ...
@@ -108,12 +110,15 @@ def wait_seconds() -> float:
 
 def patiently(call: Callable[[], object], wait: float | None = None):
     """call(), retried with backoff (0.5 s doubling, at most 8 s apart) while the store's error
-    is transient, for at most `wait` seconds (default wait_seconds()); then one TrackingError."""
+    is transient, for at most `wait` seconds (default wait_seconds()); then one TrackingError.
+    A stop signal waits for the call in progress to return (interrupt.deferred), not for the
+    retries: the pauses between them stop at once."""
     wait = wait_seconds() if wait is None else wait
     deadline, delay = time.monotonic() + wait, 0.5
     while True:
         try:
-            return call()
+            with interrupt.deferred():
+                return call()
         except PipelineError:
             raise
         except Exception as e:

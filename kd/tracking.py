@@ -279,7 +279,8 @@ def _end(mlflow_module, experiment_id: str, run_id: str, status: str) -> None:
     client = mlflow_module.MlflowClient()
     wait = store.wait_seconds() if status == "FINISHED" else min(store.wait_seconds(), 10.0)
     try:
-        mlflow_module.end_run(status)  # leaves MLflow's active run first, then records status
+        with interrupt.deferred():  # a stop waits for the status to be recorded
+            mlflow_module.end_run(status)  # leaves MLflow's active run first, then records it
         ended = True
     except Exception:  # noqa: BLE001 - recorded again below, patiently
         ended = False

@@ -118,11 +118,13 @@ def set_params(repo: Path, changes: dict) -> None:
 
 
 def start(repo: Path, *cmd: str, **extra_env) -> subprocess.Popen:
-    """`cmd` in its own process group (as a terminal runs a foreground job), output to files."""
+    """`cmd` in its own process group (as a terminal runs a foreground job), output to files.
+    A variable given as None is unset."""
     out = open(repo.parent / f"{repo.name}.out", "w+")
     err = open(repo.parent / f"{repo.name}.err", "w+")
+    variables = {k: v for k, v in {**env(), **extra_env}.items() if v is not None}
     proc = subprocess.Popen(cmd, cwd=repo, stdout=out, stderr=err, text=True,
-                            env={**env(), **extra_env}, start_new_session=True)
+                            env=variables, start_new_session=True)
     proc.files = (out, err)
     return proc
 
@@ -147,12 +149,16 @@ def assert_stopped_cleanly(repo: Path, err: str, signame: str, run_id: str) -> N
     assert md5s(repo, outs) == outs
 
 
+@pytest.mark.parametrize("shell", ["/bin/bash", None], ids=["bash", "no SHELL"])
 @pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM to dvc"])
-def test_stopping_dvc_repro_stops_the_stage_in_seconds(clean, how):
+def test_stopping_dvc_repro_stops_the_stage_in_seconds(clean, how, shell):
+    """DVC runs a stage through `$SHELL -c`: a terminal's bash execs the stage; with SHELL unset
+    (CI, cron, a container) dash stays between them, and dies of the Ctrl-C itself once the stage
+    has ended, so DVC reports `exited with -2` rather than 130."""
     repo = clean
     began = time.time()
     set_params(repo, LONG)
-    proc = start(repo, "dvc", "repro")
+    proc = start(repo, "dvc", "repro", SHELL=shell)
     run = wait_for(lambda: training(repo, began), 120, "the teacher trains")
     stopped = time.monotonic()
     if how == "Ctrl-C":  # the terminal signals the whole foreground process group
@@ -164,7 +170,9 @@ def test_stopping_dvc_repro_stops_the_stage_in_seconds(clean, how):
     assert time.monotonic() - stopped < 10
     out, err = output(proc)
     if how == "Ctrl-C":
-        assert "exited with 130" in err  # DVC's own line, after the stage's
+        exited = "exited with 130" if shell else "exited with -2"
+        assert f"ERROR: failed to reproduce 'teacher': failed to run: python -m stages.teacher, " \
+               f"{exited}" in err  # DVC's own line, after the stage's
         assert_stopped_cleanly(repo, err, "SIGINT", run.info.run_id)
     else:
         assert proc.returncode == -signal.SIGTERM

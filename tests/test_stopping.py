@@ -178,6 +178,47 @@ def test_patiently_retries_a_transient_error_then_gives_up_with_one_line(monkeyp
     assert not caught.value.transient
 
 
+STORE_CALL = textwrap.dedent("""
+    import os, signal, threading, mlflow
+    from kd import cli, interrupt, store
+    interrupt.install()
+    mlflow.MlflowClient().search_experiments()  # the store created before the clock starts
+    print("ready", flush=True)
+
+    def query():  # a stop arrives while the store is being read
+        os.kill(os.getpid(), signal.SIGTERM)
+        mlflow.MlflowClient().search_runs(["0"])
+        print("the call returned", flush=True)
+
+    def down():
+        raise ConnectionError("Connection refused")
+
+    with cli.friendly_errors():
+        if CASE == "call":
+            store.patiently(query)
+        else:  # the store is down: the stop comes during the pause between two tries
+            threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            store.patiently(down, wait=60)
+        print("went on after the stop", flush=True)
+""")
+
+
+def test_a_stop_waits_for_the_store_call_in_progress_not_for_the_retries(tmp_path):
+    """A signal raised inside SQLAlchemy mid-query left MLflow's connection half-closed and
+    printed SQLAlchemy's traceback ("Error closing cursor") under the stage's one line; the stop
+    is held until the call returns. A store that is down is not waited out after a stop."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = spawn("CASE = 'call'\n" + STORE_CALL, **env)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (143, "the call returned\n", "interrupted: stage (SIGTERM)\n")
+
+    proc = spawn("CASE = 'down'\n" + STORE_CALL, **env)
+    began = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (143, "", "interrupted: stage (SIGTERM)\n")
+    assert time.monotonic() - began < 5  # not the 60 s wait
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
