@@ -11,7 +11,6 @@ compares again just before it registers a model (a change while it trained).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -26,21 +25,17 @@ class ParamsChanged(PipelineError):
     """The params file is not the one this pipeline run started with."""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def record(path: str | Path) -> None:
     """The check stage: this `dvc` process's pipeline runs with this file's present bytes."""
     dvc = interrupt.dvc_process()
     if dvc is not None and RECORD.parent.is_dir():
-        io.write_text(RECORD, json.dumps({"dvc": dvc, "sha256": _sha256(Path(path))}) + "\n")
+        io.write_text(RECORD, json.dumps({"dvc": dvc, "sha256": io.file_sha256(path)}) + "\n")
 
 
 def loaded(path: str | Path) -> None:
     """A stage read `path`: refuse it if the check stage of this same `dvc` process recorded
     other bytes, and remember them for `unchanged()`."""
-    sha = _sha256(Path(path))
+    sha = io.file_sha256(path)
     _loaded.update(path=str(path), sha256=sha)
     dvc = interrupt.dvc_process()
     try:
@@ -55,7 +50,7 @@ def loaded(path: str | Path) -> None:
 
 def unchanged() -> None:
     """Before registering: the file still holds the bytes this stage read."""
-    if _loaded and _sha256(Path(_loaded["path"])) != _loaded["sha256"]:
+    if _loaded and io.file_sha256(_loaded["path"]) != _loaded["sha256"]:
         raise ParamsChanged(f"{_loaded['path']}: changed while this stage ran (another "
                             f"`dvc exp run` in this workspace?); nothing was registered: run it "
                             f"again when the other has finished")
