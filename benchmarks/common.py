@@ -68,18 +68,28 @@ def progress(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def _cpuinfo() -> dict[str, str]:
+    """/proc/cpuinfo's keys (one entry per key: the last CPU's); empty where there is none."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+
+
+def vector_isa() -> str:
+    """The widest x86 vector instruction set the CPU has: avx512f, avx2, avx or 'no AVX'."""
+    flags = _cpuinfo().get("flags", "").split()
+    return next((f for f in ("avx512f", "avx2", "avx") if f in flags), "no AVX")
+
+
 def cpu_description() -> str:
     """Model name, family/model (a hypervisor may shorten the name) and the widest vector ISA."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ":" in line)
-    except OSError:
+    info = _cpuinfo()
+    if not info:
         return platform.processor() or "unknown CPU"
-    info = {k.strip(): v.strip() for k, v in info.items()}  # one entry per key: the last CPU's
-    flags = info.get("flags", "").split()
-    isa = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "no AVX")
     return (f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')}, "
-            f"model {info.get('model', '?')}, {isa})")
+            f"model {info.get('model', '?')}, {vector_isa()})")
 
 
 def machine_lines(dev: torch.device) -> list[str]:

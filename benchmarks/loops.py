@@ -39,8 +39,9 @@ def role(s: Setup, name: str, arch: str) -> Role:
     return Role(arch, cfg, replace(cfg, epochs=1, shift=0, flip=False, mixup=0.0))
 
 
-def build(s: Setup, r: Role, memory_format: torch.memory_format | None = None) -> nn.Module:
-    """The model as the stages build it; `memory_format` None: the one numerics pick."""
+def build(s: Setup, r: Role, memory_format: torch.memory_format = torch.channels_last
+          ) -> nn.Module:
+    """The model as the stages build it (channels-last), or in another `memory_format`."""
     torch.manual_seed(0)  # the same initial weights for every contender and repeat
     return models.build(r.arch, s.ds.in_shape, s.ds.num_classes, r.model.input_dropout,
                         r.model.dropout, memory_format).to(s.dev)

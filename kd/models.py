@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd import numerics
 from kd.archs import ARCH_HELP, parse_arch
-from kd.conv import Conv2d
+from kd.fixed_order import BatchNorm2d, Conv2d
 from kd.data import normalize
 
 
@@ -47,7 +46,7 @@ class CNN(nn.Module):
         c, h, w = in_shape
         blocks: list[nn.Module] = []
         for out in channels:
-            blocks += [Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+            blocks += [Conv2d(c, out, 3, padding=1, bias=False), BatchNorm2d(out),
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         self.features = nn.Sequential(*blocks)
@@ -63,13 +62,13 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = BatchNorm2d(cout)
         self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = BatchNorm2d(cout)
         self.skip = nn.Sequential()
         if stride != 1 or cin != cout:
             self.skip = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
+                                      BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -86,7 +85,7 @@ class ResNet(nn.Module):
         n = (depth - 2) // 6
         widths = (32, 64, 128, 256)
         layers: list[nn.Module] = [Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+                                   BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
         cin = widths[0]
         for i, cout in enumerate(widths[1:]):
             for j in range(n):
@@ -148,16 +147,13 @@ def _bad_pixels(bad: torch.Tensor) -> Exception:
 
 def build(arch: str, in_shape: tuple[int, int, int], classes: int,
           input_dropout: float = 0.0, dropout: float = 0.0,
-          memory_format: torch.memory_format | None = None) -> nn.Module:
+          memory_format: torch.memory_format = torch.channels_last) -> nn.Module:
     """Build a model from a resolved architecture string (not `auto`).
 
-    Convolutional nets run NCHW under portable numerics: ATen's channels-last BatchNorm splits
-    its sums by thread (kd/numerics.py). Under native numerics they run channels-last (NHWC),
-    weights and activations alike (their forward converts the input), which oneDNN's CPU
-    convolutions and the GPU's tensor cores prefer. The same model; only the rounding differs.
+    Convolutional nets run channels-last (NHWC), weights and activations alike (their forward
+    converts the input), which oneDNN's CPU convolutions, kd/fixed_order.py's layers and the
+    GPU's tensor cores prefer; `memory_format` is for benchmarks that compare layouts.
     """
-    if memory_format is None:
-        memory_format = torch.contiguous_format if numerics.portable() else torch.channels_last
     parsed = parse_arch(arch)
     if parsed is None:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {ARCH_HELP}")

@@ -15,10 +15,13 @@ MKL's strict mode, NCHW, convolution weight gradients on one thread), so a stage
 whatever share it gets. Under native numerics it does change the last bits.
 
 Memory. glibc keeps freed blocks for reuse, and after the first large free it raises its
-mmap threshold to 32 MiB and its trim threshold to twice that, per arena; torch's worker
-threads each get an arena, so activations freed batch after batch stay resident and a stage's
-memory grows with every batch it scores. Fixing the thresholds (mallopt) stops that growth;
-`benchmarks/throughput.py --stages` measures each stage's peak memory and time with and without.
+mmap threshold on its own, per arena; torch's worker threads each get an arena, so activations
+freed batch after batch stay resident and a stage's memory grows with every batch it scores.
+Fixing the thresholds (mallopt) stops that growth. The trim threshold is the memory an arena
+keeps free at its top for the next batch: a training step frees and reallocates tens of MB of
+activations every batch, and with glibc's 128 KiB each of them came back as fresh pages whose
+page faults cost more than the step's arithmetic (the CNN teacher's step took 1.4x as long).
+`benchmarks/throughput.py --stages` measures each stage's peak memory and time.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from kd.store import store_root
 MAX_SLOTS = 256
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # glibc's own upper bound for its dynamic threshold
-TRIM_THRESHOLD = 128 << 10  # glibc's default: give back a heap's free top beyond 128 KiB
+TRIM_THRESHOLD = 64 << 20  # a training step's freed activations stay for the next step
 
 _slot: int | None = None  # this process's open, locked slot file while it computes
 _depth = 0  # nesting of computing() (kd.loop.fit calls predict inside)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from kd import interrupt, io, numerics, registry, store
+from kd import interrupt, io, numerics, registry, store, wait_policy
 from kd.lineage import namespace_prefix, process_gone, process_id, run_tags
 from kd.store import PROJECT_ROOT, experiment_label, tracking_uri
 
@@ -253,10 +253,11 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
                                                        run_name=run_name or stage, tags=all_tags))
         status = "FAILED"
         try:
-            # what the run computed under goes with every stage's params (kd/numerics.py)
+            # what the run computed under goes with every stage's params (kd/numerics.py), and
+            # how its threads waited (kd/wait_policy.py)
             store.patiently(lambda: mlflow.log_params(
                 {k: "none" if v is None else str(list(v) if isinstance(v, tuple) else v)
-                 for k, v in {**params, **numerics.settings()}.items()}))
+                 for k, v in {**params, **numerics.settings(), **wait_policy.settings()}.items()}))
             stage = StageRun(mlflow, run.info.run_id)
             yield stage
             stage.flush()

@@ -1,7 +1,8 @@
 """The pipeline's stages, one module each, run as `python -m stages.<name>` (see dvc.yaml).
 
-Importing this package sets the numerics that params.yaml's `numerics` asks for, before any
-stage module imports torch: the kernel libraries read them when first used (kd/numerics.py).
+Importing this package sets the numerics that params.yaml's `numerics` asks for, and how idle
+compute threads wait, before any stage module imports torch: the kernel libraries read them when
+first used or loaded (kd/numerics.py, kd/wait_policy.py).
 When it is imported to run a stage (`python -m`: sys.argv[0] is "-m" until the module starts), it
 also makes a stop signal end the stage cleanly, from the very first import (kd/interrupt.py); a
 test that imports a stage keeps Python's own handling.
@@ -9,8 +10,9 @@ test that imports a stage keeps Python's own handling.
 
 import sys
 
-from kd import interrupt, numerics
+from kd import interrupt, numerics, wait_policy
 
 numerics.prepare()
+wait_policy.prepare()
 if sys.argv[:1] == ["-m"]:
     interrupt.install()

@@ -1,5 +1,5 @@
 """Same params, seed, code and data give the same bytes, whatever the thread count or the CPU's
-instruction set (kd/numerics.py, kd/conv.py).
+instruction set (kd/numerics.py, kd/fixed_order.py).
 
 The layer tests run in this process (conftest.py pins portable numerics before torch loads); the
 stage tests start each stage as a fresh process, as DVC does, under 1, 2 and 4 threads and with
@@ -20,7 +20,7 @@ import yaml
 from torch import nn
 
 from kd import numerics
-from kd.conv import Conv2d
+from kd.fixed_order import BatchNorm2d, Conv2d
 from tests.conftest import ROOT, committed, run_stage, tiny_params, write_params
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -52,10 +52,13 @@ def layer(cls, cin: int, cout: int, **kw) -> nn.Conv2d:
     return cls(cin, cout, 3, padding=1, bias=False, **kw)
 
 
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("cin,cout,side,stride", [(1, 32, 28, 1), (32, 64, 14, 1), (16, 32, 16, 2)])
-def test_the_convolution_gradients_are_the_same_bytes_at_any_thread_count(cin, cout, side, stride):
-    conv = layer(Conv2d, cin, cout, stride=stride)
-    x = torch.randn(64, cin, side, side, generator=torch.Generator().manual_seed(1))
+def test_the_convolution_gradients_are_the_same_bytes_at_any_thread_count(cin, cout, side, stride,
+                                                                          fmt):
+    conv = layer(Conv2d, cin, cout, stride=stride).to(memory_format=fmt)
+    x = torch.randn(37, cin, side, side, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=fmt)
     one = grads(conv, x, 1)
     for threads in (2, 3, 4, 8, 16):
         assert grads(conv, x, threads) == one, threads
@@ -103,14 +106,81 @@ def test_the_fixed_order_layer_computes_what_nn_conv2d_computes():
 
 
 def test_why_the_layer_exists_onednn_splits_the_weight_gradient_by_thread():
-    """The canary: if a torch or oneDNN upgrade makes every count give equal bytes, kd/conv.py
-    can go. The default teacher's first layer, as nn.Conv2d computes it."""
-    conv = layer(nn.Conv2d, 1, 32)
+    """The canary: if a torch or oneDNN upgrade makes every count give equal bytes, the
+    convolution of kd/fixed_order.py can go. The default teacher's first layer, channels-last,
+    as nn.Conv2d computes it."""
+    conv = layer(nn.Conv2d, 1, 32).to(memory_format=torch.channels_last)
     x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=torch.channels_last)
     one = grads(conv, x, 1)
     others = [grads(conv, x, threads) for threads in (3, 8, 16)]
     assert all(o[:2] == one[:2] for o in others)  # forward, input gradient: fixed sums
     assert any(o[2] != one[2] for o in others)  # the weight gradient: split by thread
+
+
+def bn_pass(bn: nn.BatchNorm2d, x: torch.Tensor, threads: int) -> list[bytes]:
+    """The bytes of one training forward and backward pass of a BatchNorm at `threads`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        bn.zero_grad()
+        x = x.detach().requires_grad_()
+        y = bn(x)
+        y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+                   .contiguous(memory_format=torch.channels_last))
+        return [t.contiguous().numpy().tobytes() for t in
+                (y.detach(), x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var)]
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n,c,side", [(64, 32, 28), (37, 64, 14), (3, 256, 8), (1, 8, 5)])
+def test_batchnorm_is_the_same_bytes_at_any_thread_count(n, c, side):
+    x = torch.randn(n, c, side, side, generator=torch.Generator().manual_seed(1))
+    x = (3 * x + 2).contiguous(memory_format=torch.channels_last)
+    results = {}
+    for threads in (1, 2, 3, 4, 8, 16):
+        torch.manual_seed(0)
+        results[threads] = bn_pass(BatchNorm2d(c), x, threads)
+    assert all(r == results[1] for r in results.values())
+
+
+def test_the_fixed_order_batchnorm_computes_what_nn_batchnorm2d_computes():
+    g = torch.Generator().manual_seed(1)
+    x = (5 * torch.randn(16, 12, 9, 9, generator=g) + 3).contiguous(
+        memory_format=torch.channels_last)
+    ours, plain = BatchNorm2d(12), nn.BatchNorm2d(12)
+    with torch.no_grad():
+        for m in (ours, plain):
+            m.weight.copy_(torch.linspace(0.5, 2, 12))
+            m.bias.copy_(torch.linspace(-1, 1, 12))
+    for step in range(2):  # the running statistics follow nn's momentum rule
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(a), plain(b)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        w = torch.randn(ya.shape, generator=g)
+        (ya * w).sum().backward()
+        (yb * w).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+        x = x * 0.5 + 1
+    for p, q in zip((*ours.parameters(), *ours.buffers()), (*plain.parameters(), *plain.buffers()),
+                    strict=True):
+        torch.testing.assert_close(p.grad if p.grad is not None else p,
+                                   q.grad if q.grad is not None else q, rtol=1e-4, atol=1e-4)
+    assert ours.num_batches_tracked.item() == 2
+    ours.eval()
+    plain.eval()
+    with torch.no_grad():  # evaluation uses the running statistics, as nn.BatchNorm2d does
+        torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_why_the_batchnorm_exists_aten_splits_its_sums_by_thread():
+    """The canary for the BatchNorm: if ATen's channels-last kernel gives equal bytes at every
+    thread count after an upgrade, kd/fixed_order.py's BatchNorm2d can go."""
+    x = torch.randn(64, 32, 28, 28, generator=torch.Generator().manual_seed(1))
+    x = (3 * x + 2).contiguous(memory_format=torch.channels_last)
+    one = bn_pass(nn.BatchNorm2d(32), x, 1)
+    assert any(bn_pass(nn.BatchNorm2d(32), x, threads) != one for threads in (2, 3, 8, 16))
 
 
 def test_portable_numerics_refuse_a_process_where_torch_could_not_see_the_pins(monkeypatch):
@@ -146,6 +216,7 @@ def test_every_stage_run_records_its_numerics(tmp_path, monkeypatch, mlflow_stor
     p = run.data.params
     assert p["numerics"] == "portable" and p["cpu_capability"] == "AVX2"
     assert p["mkl_cbwr"] == "AVX2,STRICT" and p["onednn_max_cpu_isa"] == "AVX2"
+    assert p["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     assert run.data.metrics["threads"] >= 1
 
 
