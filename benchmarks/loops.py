@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from kd import loop, models
+from kd import device, loop, models
 from kd.data import Dataset, Split
 from kd.params import Model, Params, Train
 
@@ -31,6 +31,22 @@ class Role:
     arch: str
     model: Model
     train: Train
+
+
+def random_setup(params: Params, batches: int = 64) -> Setup:
+    """Fashion-MNIST-shaped random images (speed does not depend on the pixels), enough rows
+    for `batches` batches of any role, on the device the stages would use."""
+    gen = torch.Generator().manual_seed(0)
+    n = batches * max(params.teacher.batch_size, params.student.batch_size)
+
+    def split() -> Split:
+        return Split(torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=gen),
+                     torch.randint(0, 10, (n,), generator=gen))
+
+    ds = Dataset("fashion-mnist", split(), split(), split(), tuple(map(str, range(10))),
+                 torch.tensor([0.286]), torch.tensor([0.353]))
+    dev = device.pick()
+    return Setup(dev, ds.to(dev), params)
 
 
 def role(s: Setup, name: str, arch: str) -> Role:

@@ -26,8 +26,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import (PYTHON, ROOT, Row, machine_lines, progress, ratio_row, table,
-                               vector_isa)
+from benchmarks.common import PYTHON, ROOT, Row, machine_lines, progress, ratio_row, table, vector_isa
 from kd.numerics import CUDA_ENV, PORTABLE_ENV
 
 CONTENDERS = ("native", "portable", "portable-plain-layers")
@@ -42,20 +41,14 @@ def child(mode: str) -> None:
     import torch
 
     from benchmarks import loops
-    from kd import data, device, fixed_order, numerics
+    from kd import fixed_order, numerics
     from kd.params import load
 
     numerics.apply("native" if mode == "native" else "portable")
     if mode == "portable-plain-layers":  # oneDNN's and ATen's own threaded sums
         fixed_order.Conv2d.forward = torch.nn.Conv2d.forward
         fixed_order.BatchNorm2d.forward = torch.nn.BatchNorm2d.forward
-    gen = torch.Generator().manual_seed(0)
-    n = 64 * 128  # enough rows for any --batches up to 64
-    split = lambda: data.Split(torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8,  # noqa: E731
-                                             generator=gen), torch.randint(0, 10, (n,), generator=gen))
-    ds = data.Dataset("fashion-mnist", split(), split(), split(), tuple(map(str, range(10))),
-                      torch.tensor([0.286]), torch.tensor([0.353]))
-    setup = loops.Setup(device.pick(), ds.to(device.pick()), load(ROOT / "params.yaml"))
+    setup = loops.random_setup(load(ROOT / "params.yaml"))
     rates = {name: loops.fit_rate(setup, loops.role(setup, name, arch))
              for name, arch in ROLES.items()}
     print("ready", torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), flush=True)

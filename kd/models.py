@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from kd.archs import ARCH_HELP, parse_arch
-from kd.fixed_order import BatchNorm2d, Conv2d
 from kd.data import normalize
+from kd.fixed_order import BatchNorm2d, Conv2d
 
 
 class MLP(nn.Module):

@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io as _io
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def announce(stage: str, arch: str, model: nn.Module, data: Dataset, train: Trai
 
 def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:
     """Score the selected (best-validation) weights the model now holds."""
+    t0 = time.perf_counter()
     test_logits = loop.predict(model, data.test, data)
     test = metrics.scores(test_logits, data.test.y, "test")
     val = metrics.scores(loop.predict(model, data.val, data), data.val.y, "val")
@@ -107,6 +109,7 @@ def evaluate(model: nn.Module, data: Dataset, fit: loop.Fit) -> Result:
     details = {"test_loss": test["test_loss"], "val_loss": val["val_loss"],
                "val_errors": val["val_errors"], **timings,
                "train_seconds": fit.train_seconds, "threads": fit.threads,
+               "evaluate_seconds": time.perf_counter() - t0,
                "samples_per_s": sum(h["samples_per_s"] for h in fit.history) / len(fit.history),
                **{f"test_errors_class_{c}": n for c, n in enumerate(per_class)}}
     return Result(summary, details, test_logits, fit.history)
@@ -141,9 +144,11 @@ def save(run, out: Outputs, model: nn.Module, arch: str, net: Model, data: Datas
     })
     history_text = history_csv(result.history)
     # A float64 example makes a float64 signature: see models.Servable for why not uint8.
+    t0 = time.perf_counter()
     run.log_model(models.Servable(model, data.mean, data.std), data.test.x[:2].double(),
                   out.name, register_tags)
-    run.log_summary({**result.summary, **result.details})
+    run.log_summary({**result.summary, **result.details,
+                     "log_model_seconds": time.perf_counter() - t0})
     run.log_file(out.plots.name, history_text)
     run.set_tags({runs.CHECKPOINT_TAG: hashlib.sha256(checkpoint).hexdigest()})
     io.write_files({out.model: checkpoint, out.metrics: io.json_text(result.summary),

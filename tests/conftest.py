@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd import numerics
+from kd import numerics, wait_policy
 
 # Before torch computes anything in this process: the tests run under portable numerics, as the
-# stages do (stages/__init__.py), whatever the working copy's params.yaml says.
+# stages do (stages/__init__.py), whatever the working copy's params.yaml says, and their idle
+# threads sleep, so that the test processes (one per core) do not spin on each other's cores.
 numerics.set_portable_env()
+wait_policy.prepare()
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -37,12 +37,27 @@ def test_numerics_benchmark_compares_portable_with_native_side_by_side():
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in proc.stdout.splitlines()
             if line.startswith("| ") and " step" in line}
     assert set(rows) == {"teacher (cnn:32-64) step: portable vs native",
-                         "teacher step: portable vs its pins alone (the one-thread weight "
-                         "gradients' share)",
-                         "teacher step: pins alone vs native (the dispatch pins' and NCHW's share)",
+                         "teacher step: portable vs its pins alone (the fixed-order layers' share)",
+                         "teacher step: pins alone vs native (the AVX2 dispatch pins' share)",
                          "student (mlp:800-800) step: portable vs native"}
     for cells in rows.values():
         assert float(cells[3].split()[0]) > 0  # a measured ratio, median of the rounds
+
+
+@pytest.mark.slow  # two processes training beside spinning neighbours
+def test_contention_benchmark_measures_both_wait_policies_beside_a_neighbour():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.contention", "--batches", "2",
+                           "--repeats", "1", "--neighbours", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stage: " in proc.stderr and "OMP_WAIT_POLICY PASSIVE" in proc.stderr
+    assert "OMP_WAIT_POLICY unset" in proc.stderr  # the default contender runs without it
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][2:]
+    assert [r[0].lstrip("| ") for r in rows] == [
+        "teacher alone, samples/s: stage vs OpenMP's default",
+        "beside 1 busy: stage, share of its fair rate",
+        "beside 1 busy: OpenMP default, share of its fair rate"]
+    assert rows[1][4] == ">= 0.8" and float(rows[1][3].split()[0]) > 0
 
 
 def test_a_ratio_row_is_the_median_of_per_round_ratios_and_judges_its_target():

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from kd import numerics
 from kd.archs import parse_arch
 from kd.datasets import resolve_arch
 from kd.models import apply_max_norm, build, count_params

@@ -154,7 +154,7 @@ def test_the_fixed_order_batchnorm_computes_what_nn_batchnorm2d_computes():
         for m in (ours, plain):
             m.weight.copy_(torch.linspace(0.5, 2, 12))
             m.bias.copy_(torch.linspace(-1, 1, 12))
-    for step in range(2):  # the running statistics follow nn's momentum rule
+    for _ in range(2):  # the running statistics follow nn's momentum rule
         a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = ours(a), plain(b)
         torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,141 @@
+"""Does a stage keep its fair share of a busy machine? The default teacher's training rate alone
+and beside k busy neighbours, under the wait policy every stage sets and under OpenMP's default.
+
+On n cores beside k busy processes (pure-Python spin loops, as a neighbour's job would be), a
+process's fair share is its rate alone x n / (n + k); the target is at least 0.8 of it
+(kd/wait_policy.py says why threads that spin at every barrier lose that share). Contenders, each
+its own process because OpenMP reads its wait policy when torch loads it:
+  - stage: as every stage runs, `OMP_WAIT_POLICY=PASSIVE` (kd/wait_policy.py);
+  - OpenMP's default: the variable unset (waiting threads spin for a while, then sleep).
+Both train with kd.loop.fit on Fashion-MNIST-shaped random images under portable numerics, at
+the thread count a stage takes alone. Each round starts the neighbours, lets every contender
+measure in turn, then stops them, so a load that comes and goes affects both alike; a share is
+computed from the same round's rate alone. Any OMP_WAIT_POLICY in the caller's environment is
+ignored here, so that the two are what they say.
+
+Run: python -m benchmarks.contention [--batches 30] [--repeats 3] [--neighbours 1 2]; progress
+on stderr, the machine and the table on stdout. Needs an otherwise quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from benchmarks.common import PYTHON, ROOT, Row, machine_lines, progress, table
+from kd import wait_policy
+
+CONTENDERS = ("stage", "OpenMP default")
+TARGET = 0.8  # of the fair share
+
+
+def child(mode: str) -> None:
+    """Serve `<batches>` lines from stdin: the teacher's training samples/s, one line each."""
+    if mode == "stage":
+        wait_policy.prepare()
+    from kd import numerics
+
+    numerics.set_portable_env()
+    import torch
+
+    from benchmarks import loops
+    from kd.params import load
+
+    numerics.apply("portable")
+    setup = loops.random_setup(load(ROOT / "params.yaml"))
+    rate = loops.fit_rate(setup, loops.role(setup, "teacher", setup.params.teacher.arch))
+    print("ready", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"), flush=True)
+    for line in sys.stdin:
+        print(rate(int(line)), flush=True)
+
+
+def start(mode: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != wait_policy.VARIABLE}
+    env["KD_TRACKING"] = "off"
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep)
+    proc = subprocess.Popen([PYTHON, "-m", "benchmarks.contention", "--child", mode], cwd=ROOT,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = proc.stdout.readline().split()
+    if not ready or ready[0] != "ready":
+        raise RuntimeError(f"the {mode!r} contender did not start")
+    progress(f"{mode}: {ready[1]} threads, OMP_WAIT_POLICY {ready[2]}")
+    return proc
+
+
+def rate(proc: subprocess.Popen, batches: int) -> float:
+    proc.stdin.write(f"{batches}\n")
+    proc.stdin.flush()
+    return float(proc.stdout.readline())
+
+
+def beside(k: int, procs: dict[str, subprocess.Popen], batches: int) -> dict[str, float]:
+    """Each contender's rate while k busy neighbours run."""
+    spin = [subprocess.Popen([PYTHON, "-c", "while True: pass"]) for _ in range(k)]
+    try:
+        time.sleep(0.5)  # the neighbours are running before the clock starts
+        return {mode: rate(proc, batches) for mode, proc in procs.items()}
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0], epilog=__doc__.partition(
+        "\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=30, help="timed batches per measurement "
+                    "(default: 30, at most 64)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds (default: 3)")
+    ap.add_argument("--neighbours", type=int, nargs="+", default=[1, 2],
+                    help="busy neighbours to measure beside (default: 1 2)")
+    ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child)
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    procs = {mode: start(mode) for mode in CONTENDERS}
+    loads = [0, *args.neighbours]
+    try:
+        beside(0, procs, 3)  # warm-up
+        rates = {k: {mode: [] for mode in CONTENDERS} for k in loads}
+        for r in range(args.repeats):
+            for k in loads:
+                for mode, value in beside(k, procs, args.batches).items():
+                    rates[k][mode].append(value)
+            progress(f"round {r + 1}/{args.repeats}: " + "; ".join(
+                f"k={k} " + ", ".join(f"{m} {v[-1]:,.0f}/s" for m, v in by.items())
+                for k, by in rates.items()))
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+    alone = rates[0]
+    rows = [Row("teacher alone, samples/s: stage vs OpenMP's default",
+                f"{statistics.median(alone['stage']):,.0f}/s",
+                f"{statistics.median(alone['OpenMP default']):,.0f}/s",
+                f"{statistics.median(a / b for a, b in zip(*alone.values(), strict=True)):.2f}")]
+    for k in args.neighbours:
+        for mode in CONTENDERS:
+            shares = [got / (solo * cores / (cores + k))
+                      for got, solo in zip(rates[k][mode], alone[mode], strict=True)]
+            share = statistics.median(shares)
+            met = share >= TARGET if mode == "stage" else None
+            rows.append(Row(f"beside {k} busy: {mode}, share of its fair rate",
+                            f"{statistics.median(rates[k][mode]):,.0f}/s",
+                            f"fair {statistics.median(alone[mode]) * cores / (cores + k):,.0f}/s",
+                            f"{share:.2f} ({min(shares):.2f}–{max(shares):.2f})",
+                            f">= {TARGET:g}" if met is not None else "—", met))
+    print("\n".join(machine_lines(torch.device("cpu"))))
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
