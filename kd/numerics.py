@@ -11,14 +11,14 @@ and each stage's MLflow run records it with the settings it stands for (`setting
   - `ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`: oneDNN's convolutions and ATen's own
     kernels (BatchNorm, pooling, softmax, the optimiser) stop at AVX2 too, so an AVX-512 CPU
     computes what an AVX2-only one does;
-  - convolutions stay NCHW (ATen's channels-last BatchNorm splits its sums by thread) and their
-    weight gradients are summed on one thread (kd/conv.py: oneDNN splits that sum over the
-    batch between threads, differently for each count from 3 threads on).
+  - the sums that ATen's BatchNorm and oneDNN's convolution gradients split between threads
+    (differently for each thread count) are taken in a fixed order by kd/fixed_order.py's
+    layers instead, still on every thread.
   On CUDA: `torch.use_deterministic_algorithms` and a fixed cuBLAS workspace, so a card model
   repeats its bytes run to run (a GPU's bytes are not the CPU's).
-- `native`: the fastest kernels this machine has (AVX-512 where present, channels-last
-  convolutions, every thread on each sum, cuDNN's autotuner): results then depend on the CPU,
-  the thread count and the card, and two machines' runs need not agree in the last digits.
+- `native`: the fastest kernels this machine has (AVX-512 where present, the libraries' own
+  threaded sums, cuDNN's autotuner): results then depend on the CPU, the thread count and the
+  card, and two machines' runs need not agree in the last digits.
 
 MKL, oneDNN and ATen read their variables when first used, not when torch is imported, but
 nothing may compute before them: `prepare()` runs first in every stage process (stages/__init__.py

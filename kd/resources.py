@@ -11,7 +11,7 @@ starts computing and kept for the stage (a count that changed mid-run would make
 depend on when a neighbour started). `OMP_NUM_THREADS`, when set, is respected as is.
 
 The thread count changes no result under portable numerics (kd/numerics.py: pinned dispatch,
-MKL's strict mode, NCHW, convolution weight gradients on one thread), so a stage may take
+MKL's strict mode, kd/fixed_order.py's fixed-order sums), so a stage may take
 whatever share it gets. Under native numerics it does change the last bits.
 
 Memory. glibc keeps freed blocks for reuse, and after the first large free it raises its

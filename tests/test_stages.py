@@ -173,7 +173,8 @@ def test_pipeline_run_holds_the_headline_and_names_the_stage_runs(pipeline):
                                 output_format="list")
     assert run.info.run_name == "smoke-exp" and run.data.tags["dvc.stage"] == "report"
     numerics = {"numerics", "cpu_capability", "mkl_cbwr", "onednn_max_cpu_isa",
-                "aten_cpu_capability", "cublas_workspace_config", "torch_version", "cpu"}
+                "aten_cpu_capability", "cublas_workspace_config", "torch_version", "cpu",
+                "omp_wait_policy"}
     assert {k: v for k, v in run.data.params.items() if k not in numerics} == {
         "experiment": "smoke-exp", "dataset": "digits", "preset": "none", "T": "4.0",
         "alpha": "0.9", "seed": "0", "teacher_arch": "mlp:256-256", "student_arch": "mlp:32",
