@@ -25,9 +25,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from benchmarks.common import PYTHON, ROOT, Row, machine_lines, progress, table
-from kd import wait_policy
+from kd import wait_policy  # imports no torch: the child sets its policy before torch loads
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONTENDERS = ("stage", "OpenMP default")
 TARGET = 0.8  # of the fair share
@@ -36,7 +38,7 @@ TARGET = 0.8  # of the fair share
 def child(mode: str) -> None:
     """Serve `<batches>` lines from stdin: the teacher's training samples/s, one line each."""
     if mode == "stage":
-        wait_policy.prepare()
+        wait_policy.prepare()  # as stages/__init__.py does, before anything imports torch
     from kd import numerics
 
     numerics.set_portable_env()
@@ -54,6 +56,8 @@ def child(mode: str) -> None:
 
 
 def start(mode: str) -> subprocess.Popen:
+    from benchmarks.common import PYTHON, progress
+
     env = {k: v for k, v in os.environ.items() if k != wait_policy.VARIABLE}
     env["KD_TRACKING"] = "off"
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep)
@@ -74,7 +78,7 @@ def rate(proc: subprocess.Popen, batches: int) -> float:
 
 def beside(k: int, procs: dict[str, subprocess.Popen], batches: int) -> dict[str, float]:
     """Each contender's rate while k busy neighbours run."""
-    spin = [subprocess.Popen([PYTHON, "-c", "while True: pass"]) for _ in range(k)]
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
     try:
         time.sleep(0.5)  # the neighbours are running before the clock starts
         return {mode: rate(proc, batches) for mode, proc in procs.items()}
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         return child(args.child)
 
     import torch
+
+    from benchmarks.common import Row, machine_lines, progress, table
 
     cores = len(os.sched_getaffinity(0))
     procs = {mode: start(mode) for mode in CONTENDERS}

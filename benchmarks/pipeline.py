@@ -14,18 +14,31 @@ cost measurement (kd/cost.py), the logged model (MLflow's log_model), start-up (
 torch, MLflow and the stage: `python -m stages.<name> --help`, timed apart) and the rest (data
 loading, the run's bookkeeping, checkpoints, the report's figures).
 
-Run: python -m benchmarks.pipeline [--against REV]; progress on stderr, the machine and the tables
-on stdout. About 5 minutes on 2 idle cores, plus the other commit's time.
+Run: python -m benchmarks.pipeline [--against REV] [--params FILE]; progress on stderr, the
+machine and the tables on stdout. About 6 minutes on 2 idle cores, plus the other commit's time.
+`--params` runs both trees on the given params file instead of their own params.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import PYTHON, ROOT, Row, child_env, machine_lines, progress, run_child, table
+from benchmarks.common import (
+    GIB,
+    PYTHON,
+    ROOT,
+    Child,
+    Row,
+    child_env,
+    machine_lines,
+    progress,
+    run_child,
+    table,
+)
 from benchmarks.overheads import copy_project
 
 STAGES = ("check", "download", "teacher", "student", "soft_targets", "distill", "report")
@@ -33,27 +46,32 @@ TRAINING = ("teacher", "student", "distill")
 TARGET_SECONDS = 300.0  # the default run's stages, on 2 idle cores
 
 
-def checkout(rev: str | None, folder: Path) -> Path:
-    """This working tree (rev None) or a commit's tree, in `folder`, without earlier outputs."""
+def checkout(rev: str | None, folder: Path, params: Path | None) -> Path:
+    """This working tree (rev None) or a commit's tree, in `folder`, without earlier outputs;
+    with `params`, that file as its params.yaml."""
+    folder.mkdir()
     if rev is None:
         copy_project(folder)
     else:
         archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True,
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    if params is not None:
+        shutil.copyfile(params, folder / "params.yaml")
     return folder
 
 
-def run_sides(sides: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """Every stage of every side, stage by stage in turns: wall seconds per side and stage."""
-    walls: dict[str, dict[str, float]] = {side: {} for side in sides}
+def run_sides(sides: dict[str, Path]) -> dict[str, dict[str, Child]]:
+    """Every stage of every side, stage by stage in turns: each stage process's wall time and
+    peak memory, per side."""
+    done: dict[str, dict[str, Child]] = {side: {} for side in sides}
     for stage in STAGES:
         for side, folder in sides.items():
             env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}")
             progress(f"{side}: stage {stage}")
-            walls[side][stage] = run_child([PYTHON, "-m", f"stages.{stage}"], folder, env).seconds
-            progress(f"{side}: stage {stage} took {walls[side][stage]:.1f} s")
-    return walls
+            done[side][stage] = run_child([PYTHON, "-m", f"stages.{stage}"], folder, env)
+            progress(f"{side}: stage {stage} took {done[side][stage].seconds:.1f} s")
+    return done
 
 
 def parts(folder: Path) -> dict[str, float]:
@@ -108,27 +126,31 @@ def main(argv: list[str] | None = None) -> None:
         "\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", metavar="REV", help="also run a commit's stages, in turns, and "
                     "compare each stage's time (e.g. the commit before a speed-up)")
+    ap.add_argument("--params", type=Path, help="a params file for both trees (default: each "
+                    "tree's own params.yaml)")
     args = ap.parse_args(argv)
 
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        sides = {"this tree": checkout(None, Path(tmp) / "this")}
+        sides = {"this tree": checkout(None, Path(tmp) / "this", args.params)}
         if args.against:
-            (Path(tmp) / "against").mkdir()
-            sides[args.against] = checkout(args.against, Path(tmp) / "against")
-        walls = run_sides(sides)
+            sides[args.against] = checkout(args.against, Path(tmp) / "against", args.params)
+        done = run_sides(sides)
         start = startup(sides["this tree"])
-        here = walls["this tree"]
         p = parts(sides["this tree"])
+    walls = {side: {s: c.seconds for s, c in by.items()} for side, by in done.items()}
+    here = walls["this tree"]
     rows = []
     for stage in STAGES:
+        mine = f"{here[stage]:.1f} s, {done['this tree'][stage].max_rss / GIB:.2f} GiB"
         if args.against:
-            old = walls[args.against][stage]
-            rows.append(Row(f"stage {stage}: this tree vs {args.against}", f"{here[stage]:.1f} s",
-                            f"{old:.1f} s", f"{here[stage] / old:.2f}"))
+            old = done[args.against][stage]
+            rows.append(Row(f"stage {stage}: wall, peak memory; this tree vs {args.against}", mine,
+                            f"{old.seconds:.1f} s, {old.max_rss / GIB:.2f} GiB",
+                            f"{here[stage] / old.seconds:.2f}"))
         else:
-            rows.append(Row(f"stage {stage}", f"{here[stage]:.1f} s"))
+            rows.append(Row(f"stage {stage}: wall, peak memory", mine))
     total = sum(here.values())
     old_total = sum(walls[args.against].values()) if args.against else None
     rows.append(Row("all stages of the default dvc repro" + (

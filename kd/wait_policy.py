@@ -13,13 +13,17 @@ stage's MLflow run records it (`omp_wait_policy`).
 from __future__ import annotations
 
 import os
+import sys
 
 VARIABLE, POLICY = "OMP_WAIT_POLICY", "PASSIVE"
 
 
 def prepare() -> None:
-    """Before torch is imported: sleep while waiting, unless the environment says otherwise."""
-    os.environ.setdefault(VARIABLE, POLICY)
+    """Before torch is imported: sleep while waiting, unless the environment says otherwise.
+    Once torch is loaded its OpenMP has read the variable: then nothing is changed, so the
+    environment (and what settings() records) stays what the runtime uses."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault(VARIABLE, POLICY)
 
 
 def settings() -> dict[str, str]:

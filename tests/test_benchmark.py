@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from kd.sources import SYSTEM_DIRS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_params, write_params
 
 
 @pytest.mark.slow  # the quick benchmark itself: minutes
@@ -58,6 +58,30 @@ def test_contention_benchmark_measures_both_wait_policies_beside_a_neighbour():
         "beside 1 busy: stage, share of its fair rate",
         "beside 1 busy: OpenMP default, share of its fair rate"]
     assert rows[1][4] == ">= 0.8" and float(rows[1][3].split()[0]) > 0
+
+
+@pytest.mark.slow  # every stage as a process, on digits: a minute
+def test_pipeline_benchmark_times_every_stage_and_splits_where_the_time_goes(tmp_path):
+    params = write_params(tmp_path, tiny_params())
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.pipeline", "--params", str(params)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+             for line in proc.stdout.splitlines() if line.startswith("| ")}
+    stages = [f"stage {s}: wall, peak memory" for s in ("check", "download", "teacher", "student",
+                                                         "soft_targets", "distill", "report")]
+    walls = [float(cells[s][1].split()[0]) for s in stages]
+    assert all(w > 0 for w in walls)
+    assert all(0.01 < float(cells[s][1].split()[2]) < 8 for s in stages)  # GiB
+    total = cells["all stages of the default dvc repro"]
+    assert float(total[1].split()[0]) == pytest.approx(sum(walls), abs=1)
+    assert total[4] == "<= 300 s"
+    parts = [name for name in cells if name.startswith(("training steps", "per-epoch",
+                                                        "final scoring", "logging the models",
+                                                        "start-up", "the rest"))]
+    assert len(parts) == 6
+    shares = [int(cells[name][3].rstrip("%")) for name in parts]
+    assert 95 <= sum(shares) <= 105  # the parts add up to the whole (rounded percentages)
 
 
 def test_a_ratio_row_is_the_median_of_per_round_ratios_and_judges_its_target():

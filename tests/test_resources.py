@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kd import resources
+from tests.conftest import ROOT
 
 # Another process computing: it holds an exclusive lock on a slot file (argv[1]), says so, and
 # keeps it until its stdin closes (no torch import: the test stays fast).
@@ -99,3 +100,29 @@ def test_omp_num_threads_is_respected(store, monkeypatch):
             assert threads == 3 == torch.get_num_threads()
     finally:
         release(others)
+
+
+def _policy_in_a_stage_process(**env: str) -> str:
+    """OMP_WAIT_POLICY as a stage process has it once `stages` is imported (before torch)."""
+    code = "import os, stages; print(os.environ.get('OMP_WAIT_POLICY'))"
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_a_stage_process_lets_idle_threads_sleep_unless_the_user_says_otherwise():
+    assert _policy_in_a_stage_process() == "PASSIVE"
+    assert _policy_in_a_stage_process(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_the_wait_policy_is_left_alone_once_torch_has_read_it(monkeypatch):
+    """In this process torch is loaded: setting the variable now would record a policy that
+    OpenMP never used."""
+    from kd import wait_policy
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    wait_policy.prepare()
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert wait_policy.settings() == {"omp_wait_policy": "unset"}
