@@ -1,5 +1,6 @@
-"""Does a stage keep its fair share of a busy machine? The default teacher's training rate alone
-and beside k busy neighbours, under the wait policy every stage sets and under OpenMP's default.
+"""Does a stage keep its fair share of a busy machine? The default teacher's and student's
+training rates alone and beside k busy neighbours, under the wait policy every stage sets and
+under OpenMP's default.
 
 On n cores beside k busy processes (pure-Python spin loops, as a neighbour's job would be), a
 process's fair share is its rate alone x n / (n + k); the target is at least 0.8 of it
@@ -32,11 +33,12 @@ from kd import wait_policy  # imports no torch: the child sets its policy before
 ROOT = Path(__file__).resolve().parents[1]
 
 CONTENDERS = ("stage", "OpenMP default")
+ROLES = ("teacher", "student")
 TARGET = 0.8  # of the fair share
 
 
 def child(mode: str) -> None:
-    """Serve `<batches>` lines from stdin: the teacher's training samples/s, one line each."""
+    """Serve `<role> <batches>` lines from stdin: that role's training samples/s, one line each."""
     if mode == "stage":
         wait_policy.prepare()  # as stages/__init__.py does, before anything imports torch
     from kd import numerics
@@ -49,10 +51,12 @@ def child(mode: str) -> None:
 
     numerics.apply("portable")
     setup = loops.random_setup(load(ROOT / "params.yaml"))
-    rate = loops.fit_rate(setup, loops.role(setup, "teacher", setup.params.teacher.arch))
+    rates = {role: loops.fit_rate(setup, loops.role(setup, role, getattr(setup.params, role).arch))
+             for role in ROLES}
     print("ready", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"), flush=True)
     for line in sys.stdin:
-        print(rate(int(line)), flush=True)
+        role, batches = line.split()
+        print(rates[role](int(batches)), flush=True)
 
 
 def start(mode: str) -> subprocess.Popen:
@@ -70,18 +74,21 @@ def start(mode: str) -> subprocess.Popen:
     return proc
 
 
-def rate(proc: subprocess.Popen, batches: int) -> float:
-    proc.stdin.write(f"{batches}\n")
+def rate(proc: subprocess.Popen, role: str, batches: int) -> float:
+    proc.stdin.write(f"{role} {batches}\n")
     proc.stdin.flush()
     return float(proc.stdout.readline())
 
 
-def beside(k: int, procs: dict[str, subprocess.Popen], batches: int) -> dict[str, float]:
-    """Each contender's rate while k busy neighbours run."""
+def beside(k: int, procs: dict[str, subprocess.Popen], batches: int
+           ) -> dict[tuple[str, str], float]:
+    """Each contender's rate of each role while k busy neighbours run (the student, many times
+    faster a batch, runs 4x the batches)."""
     spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
     try:
         time.sleep(0.5)  # the neighbours are running before the clock starts
-        return {mode: rate(proc, batches) for mode, proc in procs.items()}
+        return {(role, mode): rate(proc, role, batches * (4 if role == "student" else 1))
+                for role in ROLES for mode, proc in procs.items()}
     finally:
         for p in spin:
             p.kill()
@@ -110,34 +117,38 @@ def main(argv: list[str] | None = None) -> None:
     loads = [0, *args.neighbours]
     try:
         beside(0, procs, 3)  # warm-up
-        rates = {k: {mode: [] for mode in CONTENDERS} for k in loads}
+        rates = {k: {key: [] for key in ((r, m) for r in ROLES for m in CONTENDERS)}
+                 for k in loads}
         for r in range(args.repeats):
             for k in loads:
-                for mode, value in beside(k, procs, args.batches).items():
-                    rates[k][mode].append(value)
+                for key, value in beside(k, procs, args.batches).items():
+                    rates[k][key].append(value)
             progress(f"round {r + 1}/{args.repeats}: " + "; ".join(
-                f"k={k} " + ", ".join(f"{m} {v[-1]:,.0f}/s" for m, v in by.items())
+                f"k={k} " + ", ".join(f"{role} {m} {v[-1]:,.0f}/s" for (role, m), v in by.items())
                 for k, by in rates.items()))
     finally:
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()
-    alone = rates[0]
-    rows = [Row("teacher alone, samples/s: stage vs OpenMP's default",
-                f"{statistics.median(alone['stage']):,.0f}/s",
-                f"{statistics.median(alone['OpenMP default']):,.0f}/s",
-                f"{statistics.median(a / b for a, b in zip(*alone.values(), strict=True)):.2f}")]
-    for k in args.neighbours:
-        for mode in CONTENDERS:
-            shares = [got / (solo * cores / (cores + k))
-                      for got, solo in zip(rates[k][mode], alone[mode], strict=True)]
-            share = statistics.median(shares)
-            met = share >= TARGET if mode == "stage" else None
-            rows.append(Row(f"beside {k} busy: {mode}, share of its fair rate",
-                            f"{statistics.median(rates[k][mode]):,.0f}/s",
-                            f"fair {statistics.median(alone[mode]) * cores / (cores + k):,.0f}/s",
-                            f"{share:.2f} ({min(shares):.2f}–{max(shares):.2f})",
-                            f">= {TARGET:g}" if met is not None else "—", met))
+    rows = []
+    for role in ROLES:
+        alone = {m: rates[0][(role, m)] for m in CONTENDERS}
+        rows.append(Row(f"{role} alone, samples/s: stage vs OpenMP's default",
+                        f"{statistics.median(alone['stage']):,.0f}/s",
+                        f"{statistics.median(alone['OpenMP default']):,.0f}/s",
+                        f"{statistics.median(a / b for a, b in zip(*alone.values(), strict=True)):.2f}"))
+        for k in args.neighbours:
+            for mode in CONTENDERS:
+                got = rates[k][(role, mode)]
+                shares = [g / (solo * cores / (cores + k))
+                          for g, solo in zip(got, alone[mode], strict=True)]
+                share = statistics.median(shares)
+                met = share >= TARGET if mode == "stage" else None
+                rows.append(Row(f"{role} beside {k} busy: {mode}, share of its fair rate",
+                                f"{statistics.median(got):,.0f}/s",
+                                f"fair {statistics.median(alone[mode]) * cores / (cores + k):,.0f}/s",
+                                f"{share:.2f} ({min(shares):.2f}–{max(shares):.2f})",
+                                f">= {TARGET:g}" if met is not None else "—", met))
     print("\n".join(machine_lines(torch.device("cpu"))))
     print()
     print(table(rows))

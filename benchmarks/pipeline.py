@@ -85,7 +85,8 @@ def parts(folder: Path) -> dict[str, float]:
             [e.experiment_id for e in client.search_experiments()],
             filter_string=f"attributes.run_name = '{stage}'", max_results=1)
         m = run.data.metrics
-        steps = sum(h.value for h in client.get_metric_history(run.info.run_id, "epoch_seconds"))
+        steps = sum(h.value for h in client.get_metric_history(run.info.run_id,
+                                                              "epoch/epoch_seconds"))
         totals["steps"] += steps
         totals["epoch_eval"] += m["train_seconds"] - steps
         totals["evaluate"] += m.get("evaluate_seconds", 0.0)

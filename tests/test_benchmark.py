@@ -54,9 +54,10 @@ def test_contention_benchmark_measures_both_wait_policies_beside_a_neighbour():
     assert "OMP_WAIT_POLICY unset" in proc.stderr  # the default contender runs without it
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     assert [r[0].lstrip("| ") for r in rows] == [
-        "teacher alone, samples/s: stage vs OpenMP's default",
-        "beside 1 busy: stage, share of its fair rate",
-        "beside 1 busy: OpenMP default, share of its fair rate"]
+        f"{role}{part}" for role in ("teacher", "student") for part in (
+            " alone, samples/s: stage vs OpenMP's default",
+            " beside 1 busy: stage, share of its fair rate",
+            " beside 1 busy: OpenMP default, share of its fair rate")]
     assert rows[1][4] == ">= 0.8" and float(rows[1][3].split()[0]) > 0
 
 
