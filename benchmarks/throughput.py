@@ -4,7 +4,7 @@ the default `dvc repro`, each stage's memory, and several experiments at once, a
 Measures, side by side in one run (ratios are what count on a shared machine):
   1. the default teacher's (cnn:32-64) training step in kd.loop.fit: its FLOP rate over the rate
      the convolution and matrix-multiply kernels of its own layer shapes reach alone (target >=
-     0.6); as built (NCHW under portable numerics) vs channels-last; SGD(fused=True) and
+     0.6); as built (channels-last) vs NCHW; SGD(fused=True) and
      torch.compile (not adopted); the per-epoch evaluation's share of an epoch and its batch size;
   3. what the default `dvc repro` needs at least: the teacher's epochs at the kernel ceiling;
   with --pipeline, in a temporary git copy of the project (digits):
@@ -130,7 +130,7 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
                                               "teacher"))
     ceiling, flops = compute.kernel_ceiling(s, t)
     fns = {"as built": loops.fit_rate(s, t),
-           "channels-last": loops.fit_rate(s, t, lambda: loops.build(s, t, torch.channels_last)),
+           "NCHW": loops.fit_rate(s, t, lambda: loops.build(s, t, torch.contiguous_format)),
            "kernels": ceiling, "opt_ms": compute.optimizer_step_ms(s, t)}
     with contextlib.suppress(RuntimeError, TypeError):  # fused SGD is not on every device
         compute.optimizer_step_ms(s, t, fused=True)(1)
@@ -146,7 +146,7 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
                 compiled["seconds"] = time.perf_counter() - t0
             return compiled["model"]
         fns["torch.compile"] = loops.fit_rate(s, t, make_compiled)
-    progress(f"teacher {t.arch}: kd.loop.fit as built / channels-last"
+    progress(f"teacher {t.arch}: kd.loop.fit as built / NCHW"
              f"{'' if args.quick else ' / torch.compile'}, its kernels alone, optimizer.step")
     tr = interleaved(fns, args.batches, args.warmup, args.repeats)
     er = interleaved({f"eval@{b}": compute.eval_seconds(s, t, b) for b in (loop.EVAL_BATCH, 4096)},
@@ -162,9 +162,9 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
                   f"MFLOP a sample) vs its conv + GEMM kernels alone, {kind}, batch "
                   f"{t.train.batch_size}", achieved, [flops * v / 1e9 for v in tr["kernels"]],
                   "GFLOP/s", 0.6),
-        ratio_row("1. teacher training: as the stages build it (NCHW under portable numerics) vs "
-                  "channels-last (native numerics' format; benchmarks/numerics.py compares the "
-                  "modes)", tr["as built"], tr["channels-last"], "samples/s"),
+        ratio_row("1. teacher training: as the stages build it (channels-last) vs NCHW "
+                  "(benchmarks/numerics.py compares the numerics modes)", tr["as built"],
+                  tr["NCHW"], "samples/s"),
         Row("1. teacher step: optimizer.step / SGD(fused=True) step (not adopted: the rest of "
             "the step dwarfs it)", f"{med(tr['opt_ms']):.2f} ms of {step_ms:.1f} ms",
             f"{med(tr['fused_opt_ms']):.2f} ms" if "fused_opt_ms" in tr else "unavailable"),
