@@ -27,6 +27,7 @@ gradient or batch statistic is wanted (evaluation, serving) they are exactly the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,15 +60,29 @@ def channel_sums(rows: torch.Tensor) -> torch.Tensor:
     return rows.sum(1).t().contiguous().sum(1)
 
 
+def _one_thread() -> None:
+    """A worker's setup. torch sets a thread's count from its process-wide default on the
+    thread's first parallel op, unless the thread has asked for its count before
+    (get_num_threads): ask first, or the worker would later take the default back."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
 def _workers() -> ThreadPoolExecutor:
     """A pool of as many workers as this process has threads, each computing on one thread."""
     global _pool
     threads = torch.get_num_threads()
     if _pool is None or _pool[0] != threads:
-        _pool = (threads, ThreadPoolExecutor(threads, "fixed-order", torch.set_num_threads, (1,)))
-        # the workers' set_num_threads(1) is theirs (OpenMP and MKL keep it per thread), but
-        # torch also records it as the default of threads that start later: put that back
+        if _pool is not None:
+            _pool[1].shutdown(wait=False)
+        pool = ThreadPoolExecutor(threads, "fixed-order", _one_thread)
+        # Start every worker now (each waits at the barrier until all have started): a worker's
+        # set_num_threads(1) is its own (OpenMP and MKL keep it per thread), but torch also
+        # records it as the default of threads that start later, which is put back here.
+        started = threading.Barrier(threads)
+        list(pool.map(lambda _: started.wait(), range(threads)))
         torch.set_num_threads(threads)
+        _pool = (threads, pool)
     return _pool[1]
 
 
