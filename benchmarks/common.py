@@ -159,6 +159,21 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def start_contender(module: str, mode: str, env: dict[str, str]
+                    ) -> tuple[subprocess.Popen, list[str]]:
+    """`python -m <module> --child <mode>` with `env` (tracking off, the project importable),
+    serving measurements line by line on stdin/stdout once it has printed `ready ...`; returns
+    the process and the words after `ready`."""
+    env = {**env, "KD_TRACKING": "off",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep)}
+    proc = subprocess.Popen([PYTHON, "-m", module, "--child", mode], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = proc.stdout.readline().split()
+    if not ready or ready[0] != "ready":
+        raise RuntimeError(f"the {mode!r} contender of {module} did not start")
+    return proc, ready[1:]
+
+
 @dataclass
 class Child:
     seconds: float

@@ -60,17 +60,11 @@ def child(mode: str) -> None:
 
 
 def start(mode: str) -> subprocess.Popen:
-    from benchmarks.common import PYTHON, progress
+    from benchmarks.common import progress, start_contender
 
     env = {k: v for k, v in os.environ.items() if k != wait_policy.VARIABLE}
-    env["KD_TRACKING"] = "off"
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep)
-    proc = subprocess.Popen([PYTHON, "-m", "benchmarks.contention", "--child", mode], cwd=ROOT,
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    ready = proc.stdout.readline().split()
-    if not ready or ready[0] != "ready":
-        raise RuntimeError(f"the {mode!r} contender did not start")
-    progress(f"{mode}: {ready[1]} threads, OMP_WAIT_POLICY {ready[2]}")
+    proc, (threads, policy) = start_contender("benchmarks.contention", mode, env)
+    progress(f"{mode}: {threads} threads, OMP_WAIT_POLICY {policy}")
     return proc
 
 

@@ -26,7 +26,16 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import PYTHON, ROOT, Row, machine_lines, progress, ratio_row, table, vector_isa
+from benchmarks.common import (
+    ROOT,
+    Row,
+    machine_lines,
+    progress,
+    ratio_row,
+    start_contender,
+    table,
+    vector_isa,
+)
 from kd.numerics import CUDA_ENV, PORTABLE_ENV
 
 CONTENDERS = ("native", "portable", "portable-plain-layers")
@@ -62,14 +71,8 @@ def start(mode: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in {**PORTABLE_ENV, **CUDA_ENV}}
     if mode != "native":
         env.update({**PORTABLE_ENV, **CUDA_ENV})
-    env["KD_TRACKING"] = "off"
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}".rstrip(os.pathsep)
-    proc = subprocess.Popen([PYTHON, "-m", "benchmarks.numerics", "--child", mode], cwd=ROOT,
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    ready = proc.stdout.readline().split()
-    if not ready or ready[0] != "ready":
-        raise RuntimeError(f"the {mode} contender did not start")
-    progress(f"{mode}: {ready[1]} threads, ATen dispatch {ready[2]}")
+    proc, (threads, dispatch) = start_contender("benchmarks.numerics", mode, env)
+    progress(f"{mode}: {threads} threads, ATen dispatch {dispatch}")
     return proc
 
 
