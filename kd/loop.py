@@ -91,8 +91,8 @@ def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BAT
 
 @dataclass
 class Teacher:
-    """What a distilled student learns from: the teacher's logits, through `cfg.loss` at
-    temperature T, weighted alpha against the labels (kd.losses). They are `cached` per training
+    """What a distilled student learns from: the teacher's logits, through `cfg.loss`'s whole
+    loss (kd.losses; T and alpha are kd's). They are `cached` per training
     row (for un-augmented images: the soft_targets stage), or computed by `model` (in eval mode)
     on the student's very input tensor ("consistent" teaching, Beyer et al. 2022)."""
 

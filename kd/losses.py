@@ -1,32 +1,38 @@
 """The distillation losses: Hinton's (2015) and three successors that read nothing but the
 teacher's logits, so they fit the cached soft targets and the online teacher alike.
 
-Every loss is `alpha * soft + (1 - alpha) * CE(s, y)`: `alpha` and the temperature `T` mean the
-same for all of them (`alpha = 1` is function matching: no label read, except by dkd), and
-`soft` is the loss's own term, chosen by `distill.loss`:
+Each is the whole training loss as its authors train it, cross-entropy with the labels (CE)
+included, chosen by `distill.loss`; every knob but kd's is named after its loss (`dkd_beta`).
 
 - kd: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network",
-  arXiv:1503.02531, section 2 / eq. 2: T^2 * KL(softmax(t/T) || softmax(s/T)).
+  arXiv:1503.02531, section 2 / eq. 2: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) +
+  (1 - alpha) * CE, with the top-level `T` and `alpha` (`alpha = 1`, function matching, reads no
+  label).
   - KL is averaged over the batch (`reduction="batchmean"`); `"mean"` would also divide by the
     number of classes and silently shrink the soft term.
   - T^2 keeps the soft term's gradient scale independent of T: d/ds of the soft term is
     T * (softmax(s/T) - softmax(t/T)) / batch, which tends to (s - t) / (classes * batch) at high
     T for zero-mean logits (the paper's logit-matching limit).
-- dkd: Zhao et al. (2022), "Decoupled Knowledge Distillation", CVPR, eq. 7:
-  dkd_alpha * TCKD + dkd_beta * NCKD, ramped up linearly over the first `dkd_warmup` epochs.
+- dkd: Zhao et al. (2022), "Decoupled Knowledge Distillation", CVPR, eq. 7, as the authors'
+  mdistiller trains it: dkd_ce * CE + warm-up * (dkd_alpha * TCKD + dkd_beta * NCKD) at
+  temperature dkd_T, the second term ramped up linearly over the first `dkd_warmup` share of the
+  epochs (mdistiller: CE weight 1, alpha 1, beta 8, T 4, 20 of 240 epochs on CIFAR-100).
   TCKD is KD on the binary split (target class, all others); NCKD is KD among the non-target
   classes alone. KD itself is TCKD + (1 - p_target of the teacher) * NCKD (their eq. 5), which
   couples the non-target term to the teacher's confidence; DKD weighs the two freely.
-- ls: Sun et al. (2024), "Logit Standardization in Knowledge Distillation", CVPR: kd on each
-  row's z-scores (logits minus their mean, over their sample standard deviation), so the
-  student matches the teacher's logit *relations*, not their range. T is the base temperature.
-- dist: Huang et al. (2022), "Knowledge Distillation from A Stronger Teacher", NeurIPS:
-  T^2 * (dist_beta * (1 - mean Pearson correlation of each image's class probabilities) +
-  dist_gamma * (1 - mean Pearson correlation of each class's probabilities over the batch)).
-  The second (intra-class) term is not a mean over images: under torchrun it is each rank's
-  share of the batch, as in the authors' own multi-GPU training.
+- ls: Sun et al. (2024), "Logit Standardization in Knowledge Distillation", CVPR, as their code
+  trains KD with it: ls_ce * CE + ls_kd * T^2 * KL on each row's z-scores (logits minus their mean,
+  over their sample standard deviation) at base temperature ls_T (theirs on CIFAR-100: CE weight
+  1, KD weight 9, base temperature 2), so the student matches the teacher's logit *relations*, not
+  their range.
+- dist: Huang et al. (2022), "Knowledge Distillation from A Stronger Teacher", NeurIPS, as the
+  authors' classification code trains it: CE + tau^2 * (dist_beta * (1 - mean Pearson correlation
+  of each image's class probabilities) + dist_gamma * (1 - mean Pearson correlation of each
+  class's probabilities over the batch)), probabilities at temperature dist_tau (theirs: 1, so no
+  temperature; beta = gamma = 1). The second (intra-class) term is not a mean over images: under
+  torchrun it is each rank's share of the batch, as in the authors' own multi-GPU training.
 
-Adding a loss: write its soft term below, add it to `SOFT`, and add its name and keys to the
+Adding a loss: write its whole loss below, add it to `LOSS`, and add its name and keys to the
 `distill` section of kd/params.py (and its default values to conf/config.yaml).
 """
 
@@ -78,10 +84,20 @@ def nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: tor
     return _kl_rows(_split(student_logits, labels, T)[1], _split(teacher_logits, labels, T)[1]) * T * T
 
 
-def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
-        ) -> torch.Tensor:
-    warm = min(epoch / cfg.dkd_warmup, 1.0) if cfg.dkd_warmup else 1.0
-    return warm * (cfg.dkd_alpha * tckd(s, t, y, T) + cfg.dkd_beta * nckd(s, t, y, T)).mean()
+Hard = Callable[[], torch.Tensor]  # the cross-entropy with the labels, computed when asked for
+
+
+def _weighted(weight: float, term: Hard) -> torch.Tensor | float:
+    """weight * term(), without computing the term (nor reading a label) at weight 0."""
+    return weight * term() if weight else 0.0
+
+
+def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
+        cfg: Distill, epoch: int) -> torch.Tensor:
+    span = cfg.dkd_warmup * cfg.epochs  # in epochs, counted from 1 as mdistiller counts them
+    warm = min(epoch / span, 1.0) if span else 1.0
+    decoupled = cfg.dkd_alpha * tckd(s, t, y, cfg.dkd_T) + cfg.dkd_beta * nckd(s, t, y, cfg.dkd_T)
+    return _weighted(cfg.dkd_ce, ce) + warm * decoupled.mean()
 
 
 def standardize(logits: torch.Tensor) -> torch.Tensor:
@@ -89,9 +105,9 @@ def standardize(logits: torch.Tensor) -> torch.Tensor:
     return (logits - logits.mean(1, keepdim=True)) / (EPS + logits.std(1, keepdim=True))
 
 
-def ls(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
-       ) -> torch.Tensor:
-    return soft_loss(standardize(s), standardize(t), T)
+def ls(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
+       cfg: Distill, epoch: int) -> torch.Tensor:
+    return _weighted(cfg.ls_ce, ce) + cfg.ls_kd * soft_loss(standardize(s), standardize(t), cfg.ls_T)
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -100,23 +116,29 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
 
 
-def dist(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
-         ) -> torch.Tensor:
-    p_s, p_t = F.softmax(s / T, 1), F.softmax(t / T, 1)
+def dist(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
+         cfg: Distill, epoch: int) -> torch.Tensor:
+    tau = cfg.dist_tau
+    p_s, p_t = F.softmax(s / tau, 1), F.softmax(t / tau, 1)
     inter = 1 - _pearson_rows(p_s, p_t).mean()  # each image: its classes' probabilities
     intra = 1 - _pearson_rows(p_s.T, p_t.T).mean()  # each class: its probability over the batch
-    return T * T * (cfg.dist_beta * inter + cfg.dist_gamma * intra)
+    return ce() + tau * tau * (cfg.dist_beta * inter + cfg.dist_gamma * intra)
 
 
-def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, cfg: Distill, epoch: int
-       ) -> torch.Tensor:
-    return soft_loss(s, t, T)
+def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
+       cfg: Distill | None, epoch: int) -> torch.Tensor:
+    if alpha == 1:  # function matching: no label is read
+        return soft_loss(s, t, T)
+    if alpha == 0:
+        return ce()
+    return alpha * soft_loss(s, t, T) + (1 - alpha) * ce()
 
 
-# name -> soft term(student logits, teacher logits, labels, T, the distill section, epoch from 1)
-SOFT: dict[str, Callable[..., torch.Tensor]] = {"kd": kd, "dkd": dkd, "ls": ls, "dist": dist}
-if set(SOFT) != set(LOSSES):  # the params schema names exactly the losses written here
-    raise ImportError(f"kd.losses writes {sorted(SOFT)} but kd.params allows {sorted(LOSSES)}")
+# name -> whole loss(student logits, teacher logits, labels, CE, T, alpha, the distill section,
+# epoch from 1)
+LOSS: dict[str, Callable[..., torch.Tensor]] = {"kd": kd, "dkd": dkd, "ls": ls, "dist": dist}
+if set(LOSS) != set(LOSSES):  # the params schema names exactly the losses written here
+    raise ImportError(f"kd.losses writes {sorted(LOSS)} but kd.params allows {sorted(LOSSES)}")
 
 
 def hard_loss(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor | None = None,
@@ -135,16 +157,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                       partner_labels: torch.Tensor | None = None,
                       lam: torch.Tensor | None = None, *, cfg: Distill | None = None,
                       epoch: int = 1) -> torch.Tensor:
-    """alpha * soft term + (1 - alpha) * cross-entropy with the true labels; the soft term is
-    `cfg.loss`'s (kd, Hinton eq. 2, without a cfg).
-
-    alpha = 1 is function matching (Beyer et al. 2022): the labels are never read (dkd excepted:
-    its split is by the true class), so the transfer set may be unlabelled.
-    """
-    soft = SOFT[cfg.loss if cfg is not None else "kd"]
-    if alpha == 1:
-        return soft(student_logits, teacher_logits, labels, T, cfg, epoch)
-    hard = hard_loss(student_logits, labels, partner_labels, lam)
-    if alpha == 0:
-        return hard
-    return alpha * soft(student_logits, teacher_logits, labels, T, cfg, epoch) + (1 - alpha) * hard
+    """`cfg.loss`'s whole training loss (kd, Hinton eq. 2, without a cfg); T and alpha are kd's.
+    The cross-entropy is mixup's mix of the two labels' where the batch is mixed."""
+    def ce() -> torch.Tensor:
+        return hard_loss(student_logits, labels, partner_labels, lam)
+    loss = LOSS[cfg.loss if cfg is not None else "kd"]
+    return loss(student_logits, teacher_logits, labels, ce, T, alpha, cfg, epoch)

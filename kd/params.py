@@ -118,13 +118,21 @@ class Distill(Train):  # the `distill` section: a Train's keys, then the paper's
     fraction: Value(float, "a number in (0, 1]", gt=0, le=1)
     # the amount added to the logits of classes missing from the transfer set, or "auto"
     bias_correction: Annotated[NonNegative, WrapValidator(_auto_or_number)]
-    # the loss (kd/losses.py), then each loss's own knobs, named after it; T and alpha serve all
+    # the loss (kd/losses.py), then each successor's own knobs, named after it: its authors' whole
+    # recipe, temperature and cross-entropy weight included (kd's knobs are the top-level T, alpha)
     loss: Value(Literal[LOSSES], f"one of {', '.join(LOSSES)}")
+    dkd_ce: NonNegative  # weight of DKD's cross-entropy with the labels
     dkd_alpha: NonNegative  # weight of DKD's target-class term (TCKD)
     dkd_beta: NonNegative  # weight of DKD's non-target-class term (NCKD)
-    dkd_warmup: Index  # epochs over which DKD's term ramps up linearly; 0 = off
+    dkd_T: Temperature  # DKD's temperature
+    # share of distill.epochs over which DKD's term ramps up linearly (the authors': 20 of 240)
+    dkd_warmup: Value(float, "a number in [0, 1]", ge=0, le=1)
+    ls_ce: NonNegative  # weight of LS's cross-entropy with the labels
+    ls_kd: NonNegative  # weight of LS's KD term on standardised logits
+    ls_T: Temperature  # LS's base temperature
     dist_beta: NonNegative  # weight of DIST's inter-class relation (each image)
     dist_gamma: NonNegative  # weight of DIST's intra-class relation (each class over a batch)
+    dist_tau: Temperature  # DIST's temperature (the authors': 1, none)
 
 
 @dataclass(frozen=True)
@@ -208,11 +216,13 @@ def validate(raw: Any) -> Params:
     return p
 
 
-def loss_settings(d: Distill) -> dict[str, Any]:
-    """The distillation loss and its own knobs (those named after it): {"loss": "dkd",
-    "dkd_alpha": 1.0, ...}; for kd, whose knobs are T and alpha, the name alone."""
-    return {"loss": d.loss, **{f.name: getattr(d, f.name) for f in fields(d)
-                               if f.name.startswith(f"{d.loss}_")}}
+def loss_settings(p: Params) -> dict[str, Any]:
+    """The distillation loss and the knobs that shape it: {"loss": "dkd", "dkd_ce": 1.0, ...};
+    kd's are the top-level T and alpha: {"loss": "kd", "T": 2.0, "alpha": 0.9}."""
+    d = p.distill
+    own = {"T": p.T, "alpha": p.alpha} if d.loss == "kd" else \
+        {f.name: getattr(d, f.name) for f in fields(d) if f.name.startswith(f"{d.loss}_")}
+    return {"loss": d.loss, **own}
 
 
 def other_losses_keys(d: Distill) -> set[str]:
@@ -221,10 +231,11 @@ def other_losses_keys(d: Distill) -> set[str]:
                                              if name != d.loss)}
 
 
-def describe_loss(d: Distill) -> str:
-    """`dkd (alpha 1, beta 8, warmup 2)`; `kd`."""
-    own = [f"{k.removeprefix(d.loss + '_')} {v:g}" for k, v in loss_settings(d).items() if k != "loss"]
-    return d.loss + (f" ({', '.join(own)})" if own else "")
+def describe_loss(p: Params) -> str:
+    """`kd (T 2, alpha 0.9)`; `dkd (ce 1, alpha 1, beta 8, T 4, warmup 0.0833)`."""
+    own = [f"{k.removeprefix(p.distill.loss + '_')} {v:g}" for k, v in loss_settings(p).items()
+           if k != "loss"]
+    return f"{p.distill.loss} ({', '.join(own)})"
 
 
 # `dvc exp run -n NAME` (DVC_EXP_NAME in the stages) stores the experiment as the git ref

@@ -126,9 +126,8 @@ def report_markdown(p, experiment: str, rows: list[dict], head: dict, distilled:
         bias = (f"\n\nThe transfer set lacked some classes: raising their logits by "
                 f"{distilled['bias_correction']:.1f} took the distilled student from "
                 f"{distilled['test_errors_uncorrected']} to {distilled['test_errors']} test errors.")
-    return (f"# Distillation report: {p.dataset}, T={p.T:g}, alpha={p.alpha:g}, seed={p.seed}\n\n"
-            f"Experiment {code_span(experiment)}, preset {code_span(p.preset)}, "
-            f"loss {describe_loss(p.distill)}.\n\n"
+    return (f"# Distillation report: {p.dataset}, {describe_loss(p)}, seed {p.seed}\n\n"
+            f"Experiment {code_span(experiment)}, preset {code_span(p.preset)}.\n\n"
             f"{comparison_table(rows)}\n"
             f"Distillation changed the student's test accuracy by {100 * head['gain']:+.2f} points "
             f"({head['student_test_errors']} -> {head['distilled_test_errors']} errors); the "

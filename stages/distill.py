@@ -1,20 +1,21 @@
 """Stage 5: train the student network on the teacher's soft targets.
 
-loss = alpha * soft(student, teacher) + (1 - alpha) * CE(student, y), where soft is distill.loss's
-term at temperature T (kd/losses.py): kd, Hinton et al. (2015) eq. 2, T^2 * KL(softmax(teacher/T)
-|| softmax(student/T)); or its successors dkd, ls and dist.
+The loss is distill.loss's whole training loss (kd/losses.py): kd, Hinton et al. (2015) eq. 2,
+alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y); or one
+of its successors dkd, ls and dist, each as its authors combine it with the cross-entropy.
 
 With no augmentation (distill.shift = 0, distill.flip = false, distill.mixup = 0) the student
 sees exactly the images the teacher saw when the soft targets were cached, so the cached logits
 are used. With augmentation, cached logits would be for other pixels: the teacher then runs (eval
 mode, no_grad) on the very same augmented, mixed batch as the student ("consistent" teaching,
-Beyer et al. 2022). With alpha = 1 (function matching) no label is read.
+Beyer et al. 2022). Under kd with alpha = 1 (function matching) no label is read.
 
 The transfer set can leave classes out, keep only some, or use a fraction of the training split
 (distill.omit_classes, keep_classes, fraction; Hinton et al. section 3); classes it lacks get
 the bias correction (distill.bias_correction, a number or auto: chosen on validation).
 
-Reads params: dataset, seed, T, alpha, distill.* (training), student.* (the network). Writes
+Reads params: dataset, seed, T and alpha (kd's), distill.* (training and the loss), student.* (the
+network). Writes
 model/distilled.pt, metrics/distilled.json, plots/distilled.csv and one MLflow run that records
 the teacher's run id. Run: python -m stages.distill
 """
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         training.announce("distill", arch, model, ds, p.distill)
         out = training.Outputs("distilled", args.model, args.metrics, args.plots)
         settings = {k: v for k, v in training.run_params(p, arch, p.student, p.distill).items()
-                    if k not in other_losses_keys(p.distill)} | {"T": p.T, "alpha": p.alpha}
+                    if k not in other_losses_keys(p.distill)} | loss_settings(p)
         with tracking.stage_run("distill", p.dataset, settings, tags={
                 "teacher_run_id": runs.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             result.summary.update(transfer_images=len(subset), **correction,
                                   agreement=metrics.agreement(result.test_logits, soft["test"]))
             training.save(run, out, model, arch, p.student, ds, result, register_tags={
-                "experiment": lineage.experiment_name(), "dataset": p.dataset, "T": p.T,
-                "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
+                "experiment": lineage.experiment_name(), "dataset": p.dataset, "seed": p.seed,
+                **loss_settings(p),
                 "val_acc": round(result.summary["val_acc"], 6),  # what picks the one to ship
                 "test_acc": round(result.summary["test_acc"], 6), "run_id": run.run_id})
         training.conclude("distill", result, fit)

@@ -6,7 +6,7 @@ plots/*.csv. Writes report/report.md (tables) and report/accuracy.png (test accu
 the selected epoch of each model marked) and report/cost.png (test accuracy against FLOPs per
 image: the three models, and the distilled students of every other experiment in the MLflow
 store on this dataset, by loss), and makes this execution's *pipeline run* in MLflow:
-named after the DVC experiment, it holds T, alpha, the loss and its settings, seed, dataset, preset
+named after the DVC experiment, it holds the loss and its settings (T and alpha for kd), seed, dataset, preset
 and the architectures as params, the three test accuracies and errors, the gain and the agreement
 as metrics, and the ids of the stage runs whose models it reports (also when DVC skipped those
 stages and their runs are older). Run: python -m stages.report
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kd import cli, cost, data, io, lineage, metrics, models, params_watch, reporting, runs, tracking
-from kd.params import loss_settings
+from kd.params import describe_loss, loss_settings
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
 CHECKPOINT_KEYS = ("arch", "params", "class_names", "test_logits")  # what the report reads
@@ -85,12 +85,11 @@ def main(argv: list[str] | None = None) -> None:
                                        ckpts["teacher"]["class_names"], per_class)
         png = reporting.accuracy_png(
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
-            f"{p.dataset}: test accuracy per epoch (loss {p.distill.loss}, T={p.T:g}, "
-            f"alpha={p.alpha:g}, seed={p.seed})")
+            f"{p.dataset}: test accuracy per epoch (loss {describe_loss(p)}, seed {p.seed})")
         others = other_students(p.dataset, ds, run_ids["distill_run_id"])
         cost_png = reporting.cost_png(rows, others, f"{p.dataset}: accuracy against compute")
         params = {"experiment": experiment, "dataset": p.dataset, "preset": p.preset,
-                  "T": p.T, "alpha": p.alpha, "seed": p.seed, **loss_settings(p.distill),
+                  "seed": p.seed, **loss_settings(p),
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}
         params_watch.unchanged()

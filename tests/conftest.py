@@ -47,8 +47,10 @@ def tiny_params() -> dict:
         "teacher": {**TINY_MODEL, **TINY_TRAIN},
         "student": {**TINY_MODEL, **TINY_TRAIN},
         "distill": {**TINY_TRAIN, "omit_classes": [], "keep_classes": [], "fraction": 1.0,
-                    "bias_correction": "auto", "loss": "kd", "dkd_alpha": 1.0, "dkd_beta": 8.0,
-                    "dkd_warmup": 2, "dist_beta": 1.0, "dist_gamma": 1.0},
+                    "bias_correction": "auto", "loss": "kd", "dkd_ce": 1.0, "dkd_alpha": 1.0,
+                    "dkd_beta": 8.0, "dkd_T": 4.0, "dkd_warmup": 0.0833, "ls_ce": 1.0,
+                    "ls_kd": 9.0, "ls_T": 2.0, "dist_beta": 1.0, "dist_gamma": 1.0,
+                    "dist_tau": 1.0},
     })
 
 

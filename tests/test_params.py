@@ -199,7 +199,7 @@ def test_preset_is_a_name_only_the_values_in_the_file_run():
     ("loss", "crd", "distill.loss must be one of kd, dkd, ls, dist (got 'crd')"),
     ("loss", None, "distill.loss must be one of kd, dkd, ls, dist (got None)"),
     ("dkd_beta", -1, "distill.dkd_beta must be a finite number >= 0 (got -1.0)"),
-    ("dkd_warmup", 1.5, "distill.dkd_warmup must be an integer >= 0 (got 1.5)"),
+    ("dkd_warmup", 1.5, "distill.dkd_warmup must be a number in [0, 1] (got 1.5)"),
     ("dist_gamma", "two", "distill.dist_gamma must be a finite number >= 0 (got 'two')"),
 ])
 def test_bad_transfer_settings(key, value, message):

@@ -64,7 +64,7 @@ def report(experiment: str, arch: str = "mlp:32") -> str:
 @pytest.mark.parametrize("name", ["jumpy-bats", "a1b2c3d"])
 def test_ordinary_names_come_out_unchanged(name):
     md = report(name)
-    assert f"Experiment `{name}`, preset `none`," in md
+    assert f"Experiment `{name}`, preset `none`." in md
     assert "| teacher | `mlp:32` | 1,000 |" in md
 
 

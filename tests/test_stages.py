@@ -290,9 +290,11 @@ def test_online_teacher_when_distillation_augments(workdir, mlflow_store):
 
 
 @pytest.mark.parametrize("loss, own", [
-    ("dkd", {"dkd_alpha": "1.0", "dkd_beta": "8.0", "dkd_warmup": "2"}),
-    ("ls", {}),
-    ("dist", {"dist_beta": "1.0", "dist_gamma": "1.0"}),
+    ("kd", {"T": "4.0", "alpha": "0.9"}),
+    ("dkd", {"dkd_ce": "1.0", "dkd_alpha": "1.0", "dkd_beta": "8.0", "dkd_T": "4.0",
+             "dkd_warmup": "0.0833"}),
+    ("ls", {"ls_ce": "1.0", "ls_kd": "9.0", "ls_T": "2.0"}),
+    ("dist", {"dist_beta": "1.0", "dist_gamma": "1.0", "dist_tau": "1.0"}),
 ])
 def test_each_loss_trains_and_is_recorded_with_its_own_settings_only(workdir, mlflow_store, loss, own):
     distill_with(workdir, loss=loss)
@@ -301,13 +303,14 @@ def test_each_loss_trains_and_is_recorded_with_its_own_settings_only(workdir, ml
     _, runs = runs_by_stage(mlflow_store)
     distill, (pipeline_run,) = runs["distill"][0], [r for name, rs in runs.items() for r in rs
                                                     if r.data.tags.get("run_type") == "pipeline"]
-    knobs = {"dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"}
+    # every loss's knobs; those of the other losses (kd's T and alpha too) are absent, not shown
+    knobs = {"T", "alpha"} | {k for k in tiny_params()["distill"] if k.startswith(("dkd_", "ls_", "dist_"))}
     for run in (distill, pipeline_run):
         assert run.data.params["loss"] == loss
         assert {k: v for k, v in run.data.params.items() if k in knobs} == own
     m = metrics_file(workdir, "distilled")
     assert 0.5 < m["test_acc"] <= 1.0  # digits, 2 epochs: a chance-level student is 0.1
-    assert f"loss {loss}" in (workdir / "report/report.md").read_text()
+    assert f"# Distillation report: digits, {loss} (" in (workdir / "report/report.md").read_text()
 
 
 def test_the_cost_figure_places_every_other_distilled_student(workdir, mlflow_store):
