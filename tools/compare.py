@@ -3,10 +3,13 @@
     python -m tools.compare          # the workspace, its commit and every experiment run from it
     python -m tools.compare -n 3     # the same for the last 3 commits (dvc exp show -n 3)
 
-Columns: Experiment, dataset, preset, seed, T, alpha, the distillation loss with its own settings
-(`dkd a=1 b=8 w=2`: distill.dkd_alpha, dkd_beta, dkd_warmup by their first letters), and the
-teacher's, student baseline's and distilled student's test accuracy in % (`teacher%` ...) (metrics/*.json), as
-`dvc.api.exp_show` returns them. Plain
+Columns: Experiment, dataset, preset, seed, the distillation loss with its settings (`kd T=2
+a=0.9`: T and alpha; a successor's knobs where they depart from its authors' recipe, by the first
+letter after the loss's name: `dkd b=2` is DKD as mdistiller trains it but distill.dkd_beta 2,
+`dkd` alone is the recipe itself; kd.params.RECIPES), the teacher's, student baseline's and
+distilled student's test accuracy in % (`teacher%` ...), and the distilled student's validation
+accuracy (`val%`, what settings are chosen on) (metrics/*.json), as `dvc.api.exp_show` returns
+them. Plain
 `dvc exp show` cannot show these in 120 columns: DVC prefixes a metric name that appears in
 several files with the file's path (`metrics/distilled.json:test_acc`), and the table has a
 column for every param. Queued, running and failed experiments show `-` for accuracies not yet
@@ -18,8 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-PARAMS = ("dataset", "preset", "seed", "T", "alpha")
-MODELS = (("teacher", "teacher"), ("student", "student"), ("distilled", "distilled"))
+from kd.params import RECIPES
+
+PARAMS = ("dataset", "preset", "seed")
+MODELS = ("teacher", "student", "distilled")
 
 
 def _label(rec: dict) -> str:
@@ -40,31 +45,35 @@ def _accuracy(v) -> str:
 
 
 def _loss(rec: dict) -> str:
-    """distill.loss and its own knobs (`distill.<loss>_<knob>`), each as its first letter=value."""
-    name = rec.get("distill.loss")
-    if not name:
-        return "-"  # an experiment from before the loss was a param: kd
-    own = [f"{k.removeprefix(f'distill.{name}_')[0]}={_number(v)}" for k, v in sorted(rec.items())
-           if k.startswith(f"distill.{name}_")]
-    return " ".join([str(name), *own])
+    """distill.loss and its settings, each as its first letter=value: kd's T and alpha; another
+    loss's `distill.<loss>_<knob>` where it is not its authors' value, in params.yaml's order."""
+    name = str(rec.get("distill.loss") or "kd")  # an experiment from before the loss was a param
+    if name == "kd":
+        own = {"T": rec.get("T"), "alpha": rec.get("alpha")}
+    else:
+        recipe = RECIPES.get(name, {})
+        own = {k.removeprefix(f"distill.{name}_"): v for k, v in rec.items()
+               if k.startswith(f"distill.{name}_") and recipe.get(k.removeprefix("distill.")) != v}
+    return " ".join([name, *(f"{k[0]}={_number(v)}" for k, v in own.items())])
 
 
 def rows(records: list[dict]) -> list[list[str]]:
     """`dvc.api.exp_show()` records -> table cells, header first."""
-    header = ["Experiment", *PARAMS, "loss", *(f"{label}%" for label, _ in MODELS)]
+    header = ["Experiment", *PARAMS, "loss", *(f"{model}%" for model in MODELS), "val%"]
     out = [header]
     for rec in records:
         state = rec.get("State")
         name = _label(rec) + (f" ({state.lower()})" if state and state != "Success" else "")
         out.append([name, *(_number(rec.get(p)) for p in PARAMS), _loss(rec),
-                    *(_accuracy(rec.get(f"metrics/{f}.json:test_acc")) for _, f in MODELS)])
+                    *(_accuracy(rec.get(f"metrics/{model}.json:test_acc")) for model in MODELS),
+                    _accuracy(rec.get("metrics/distilled.json:val_acc"))])
     return out
 
 
 def render(table: list[list[str]]) -> str:
     """Left-aligned text columns (numbers right-aligned), two spaces apart."""
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    numeric = [i >= 3 and i != 6 for i in range(len(widths))]  # seed onwards, but the loss
+    numeric = [i >= 3 and i != 4 for i in range(len(widths))]  # seed onwards, but the loss
     lines = []
     for r in table:
         cells = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric, strict=True)]

@@ -214,8 +214,11 @@ def _settings(knobs: dict) -> list[str]:
     return [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(knobs.items())]
 
 
-def _knobs(t: Tried) -> str:
-    return ", ".join([f"alpha={t.group.alpha:g}", f"T={t.group.T:g}", *_settings(t.knobs)])
+def _knobs(loss: str, t: Tried) -> str:
+    """kd's setting is its alpha and T; a successor's, its own knobs (it reads no T or alpha)."""
+    if loss == "kd":
+        return f"alpha={t.group.alpha:g}, T={t.group.T:g}"
+    return ", ".join(_settings(t.knobs))
 
 
 def losses_markdown(choices: list[LossChoice], plot_name: str | None = None,
@@ -225,14 +228,14 @@ def losses_markdown(choices: list[LossChoice], plot_name: str | None = None,
     chosen = markdown_table(
         ["dataset", "loss", "settings tried", "chosen on validation", "seeds", "distilled val acc (%)",
          "distilled test acc (%)", "gain over student (points)", "gap closed (%)"],
-        [[c.chosen.group.dataset, LOSS_NAMES.get(c.loss, c.loss), len(c.tried), _knobs(c.chosen),
+        [[c.chosen.group.dataset, LOSS_NAMES.get(c.loss, c.loss), len(c.tried), _knobs(c.loss, c.chosen),
           ", ".join(map(str, c.chosen.group.seeds)), _pct(c.chosen.group.distilled_val_acc),
           _pct(c.chosen.group.distilled_acc), _pct(c.chosen.group.gain, "+"),
           f"{100 * gap_closed(c.chosen.group):.0f}"] for c in choices])
     every = markdown_table(
         ["dataset", "loss", "setting", "seeds", "distilled val acc (%)", "distilled test acc (%)",
          "gap closed (%)"],
-        [[t.group.dataset, c.loss, _knobs(t) + (" **(chosen)**" if t is c.chosen else ""),
+        [[t.group.dataset, c.loss, _knobs(c.loss, t) + (" **(chosen)**" if t is c.chosen else ""),
           ", ".join(map(str, t.group.seeds)),
           "—" if t.group.distilled_val_acc is None else _pct(t.group.distilled_val_acc),
           _pct(t.group.distilled_acc), f"{100 * gap_closed(t.group):.0f}"]
@@ -240,7 +243,8 @@ def losses_markdown(choices: list[LossChoice], plot_name: str | None = None,
     refs = sorted({(c.chosen.group.dataset, _pct(c.chosen.group.teacher_acc),
                     _pct(c.chosen.group.student_acc)) for c in choices})
     parts = ["# Distillation losses compared\n",
-             "Each loss's own settings (with alpha and T) are chosen on the distilled student's mean "
+             "Each loss's settings (kd's alpha and T; each successor's own knobs, its whole recipe as "
+             "its authors train it) are chosen on the distilled student's mean "
              "validation accuracy over seeds; the test accuracy of that choice is what is reported "
              "(mean ± sample std over seeds). Gap closed: (distilled - student) / (teacher - student), "
              "of the means. " + " ".join(f"{d}: teacher {t}%, student baseline {s}%." for d, t, s in refs)
@@ -261,15 +265,18 @@ def failed_table(shown: list[dict]) -> str | None:
     failed = [r for r in shown if r.get("State") == "Failed" and r.get(LOSS_KEY)]
     if not failed:
         return None
+
     def knobs(r: dict) -> str:
+        if r[LOSS_KEY] == "kd":
+            return f"alpha={r.get('alpha'):g}, T={r.get('T'):g}"
         return ", ".join(_settings({k.removeprefix("distill."): v for k, v in r.items()
                                     if k.startswith(f"distill.{r[LOSS_KEY]}_")}))
     return markdown_table(
-        ["experiment", "dataset", "loss", "alpha", "T", "own settings", "seed"],
-        [[code_span(r.get("Experiment") or r["rev"]), r.get("dataset"), r[LOSS_KEY], f"{r.get('alpha'):g}",
-          f"{r.get('T'):g}", knobs(r), f"{r.get('seed'):g}"]
+        ["experiment", "dataset", "loss", "settings", "seed"],
+        [[code_span(r.get("Experiment") or r["rev"]), r.get("dataset"), r[LOSS_KEY], knobs(r),
+          f"{r.get('seed'):g}"]
          for r in sorted(failed, key=lambda r: (str(r.get("dataset")), r[LOSS_KEY], knobs(r),
-                                                r.get("T"), r.get("seed")))])
+                                                r.get("seed")))])
 
 
 def losses_plot(choices: list[LossChoice], path: Path) -> None:
