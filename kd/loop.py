@@ -101,6 +101,7 @@ class Teacher:
     cfg: Distill
     cached: torch.Tensor | None = None
     model: nn.Module | None = None
+    setting: str = ""  # the loss and its settings in words (kd.params.describe_loss), for errors
 
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -196,8 +197,9 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
             bar.close()
             train_loss = float(distributed.mean(loss_sum)) / steps  # the epoch's one sync
             if not math.isfinite(train_loss):
-                raise Diverged(f"{label}: training loss became {train_loss} in epoch {epoch}; lower "
-                               "the learning rate or set grad_clip (the model was not written)")
+                under = f" under loss {teacher.setting}" if teacher is not None and teacher.setting else ""
+                raise Diverged(f"{label}: training loss became {train_loss} in epoch {epoch}{under}; "
+                               "lower the learning rate or set grad_clip (the model was not written)")
             train_seconds = time.perf_counter() - t0
             distributed.sync_buffers(model)
             val = scores(predict(model, data.val, data), data.val.y, "val")

@@ -283,6 +283,22 @@ def test_divergence_stops_the_stage_and_writes_no_model(workdir, mlflow_store, c
     assert not (workdir / "model").exists() and not (workdir / "metrics").exists()
 
 
+def test_a_diverged_distillation_names_its_loss_and_settings(workdir, mlflow_store, capsys):
+    raw = tiny_params()
+    raw["distill"].update(loss="dkd", lr=1e6)
+    write_params(workdir, raw)
+    for name in ("download", "teacher", "soft_targets"):
+        run_stage(name)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_stage("distill")
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.count("\n") == 1
+    assert "training loss became nan" in err and \
+        "under loss dkd (ce 1, alpha 1, beta 8, T 4, warmup 0.0833)" in err
+    assert not (workdir / "model/distilled.pt").exists() and not (workdir / "metrics/distilled.json").exists()
+
+
 def test_online_teacher_when_distillation_augments(workdir, mlflow_store):
     distill_with(workdir, shift=1)
     _, runs = runs_by_stage(mlflow_store)
