@@ -55,7 +55,8 @@ def report(experiment: str, arch: str = "mlp:32") -> str:
     rows = [{"name": name, "arch": arch, "params": 1000, "test_acc": 0.9, "test_errors": 10,
              "agreement": None if name == "teacher" else 0.95, "test_ece": 0.01, "best_epoch": 2}
             for name in ("teacher", "student baseline", "distilled student")]
-    finals = {n: {"val_acc": 0.91, "test_acc": 0.9, "test_errors": 10} for n in ("teacher", "student", "distilled")}
+    finals = {n: {"val_acc": 0.91, "test_acc": 0.9, "test_errors": 10}
+              for n in ("teacher", "student", "distilled")}
     head = reporting.headline(finals, 0.95, 0.95)
     return reporting.report_markdown(p, experiment, rows, head, finals["distilled"], ["zero", "one"],
                                      {r["name"]: [1, 2] for r in rows})
