@@ -90,3 +90,14 @@ def test_hostile_architecture_stays_in_its_table_cell(arch):
     html, plain = render(report("jumpy-bats", arch)), render(report("jumpy-bats"))
     assert html.tags == plain.tags
     assert html.code[2:5] == [arch] * 3  # the comparison table's three architecture cells
+
+
+def test_the_pipeline_run_leads_with_the_distilled_students_validation_accuracy():
+    """MLflow's compare view opens its parallel-coordinates chart on the run's first metric: the
+    validation accuracy settings are chosen on, not a teacher's score every run of a seed shares."""
+    finals = {n: {"val_acc": v, "test_acc": v - 0.01, "test_errors": e}
+              for n, v, e in (("teacher", 0.93, 700), ("student", 0.90, 1000), ("distilled", 0.91, 900))}
+    head = reporting.headline(finals, 0.92, 0.94)
+    assert next(iter(head)) == "distilled_val_acc" and head["distilled_val_acc"] == 0.91
+    assert {n: head[f"{n}_val_acc"] for n in finals} == {"teacher": 0.93, "student": 0.90, "distilled": 0.91}
+    assert head["gain"] == pytest.approx(0.01) and head["distilled_test_errors"] == 900
