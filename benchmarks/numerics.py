@@ -11,12 +11,14 @@ first computes (kd/numerics.py):
     measured only to split the cost).
 Every contender runs channels-last, as the stages do.
 Each runs kd.loop.fit itself on the default teacher (cnn:32-64) and student (mlp:800-800) with
-params.yaml's batch size, on random 28x28 images (speed does not depend on the pixels). The
-contenders take turns, round by round, and each ratio is the median of the per-round ratios
+the params' batch size and optimiser knobs, on random 28x28 images (speed does not depend on the
+pixels). The params are the file given (--params) or else conf/ composed as `dvc exp run`
+composes it: the default run's, not whatever experiment the working copy's params.yaml holds.
+The contenders take turns, round by round, and each ratio is the median of the per-round ratios
 (benchmarks/common.py), so a neighbour's load slows every side alike.
 
-Run: python -m benchmarks.numerics [--batches 20] [--repeats 7]; progress on stderr, the machine
-and the table on stdout.
+Run: python -m benchmarks.numerics [--batches 20] [--repeats 7] [--params FILE]; progress on
+stderr, the machine and the table on stdout.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from benchmarks.common import (
     ROOT,
@@ -46,7 +50,8 @@ TARGETS = {"avx512f": 1.35, "avx2": 1.10}
 
 
 def child(mode: str) -> None:
-    """Serve `<role> <batches>` lines from stdin: ms per training batch, one line each."""
+    """Read the params file's path from stdin's first line, then serve `<role> <batches>` lines:
+    ms per training batch, one line each."""
     import torch
 
     from benchmarks import loops
@@ -57,21 +62,33 @@ def child(mode: str) -> None:
     if mode == "portable-plain-layers":  # oneDNN's and ATen's own threaded sums
         fixed_order.Conv2d.forward = torch.nn.Conv2d.forward
         fixed_order.BatchNorm2d.forward = torch.nn.BatchNorm2d.forward
-    setup = loops.random_setup(load(ROOT / "params.yaml"))
+    print("ready", torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), flush=True)
+    setup = loops.random_setup(load(sys.stdin.readline().rstrip("\n")))
     rates = {name: loops.fit_rate(setup, loops.role(setup, name, arch))
              for name, arch in ROLES.items()}
-    print("ready", torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), flush=True)
     for line in sys.stdin:
         name, batches = line.split()
         rate = rates[name](int(batches))  # samples/s of the training steps alone
         print(1000 * setup.params.teacher.batch_size / rate, flush=True)
 
 
-def start(mode: str) -> subprocess.Popen:
+def default_params(folder: Path) -> Path:
+    """conf/ composed by DVC's own function, as `dvc exp run` with no -S writes params.yaml, into
+    `folder`; its path."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = folder / "params.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT), [])
+    return out
+
+
+def start(mode: str, params: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in {**PORTABLE_ENV, **CUDA_ENV}}
     if mode != "native":
         env.update({**PORTABLE_ENV, **CUDA_ENV})
     proc, (threads, dispatch) = start_contender("benchmarks.numerics", mode, env)
+    proc.stdin.write(f"{params.resolve()}\n")  # every contender trains with the same knobs
+    proc.stdin.flush()
     progress(f"{mode}: {threads} threads, ATen dispatch {dispatch}")
     return proc
 
@@ -85,12 +102,30 @@ def measure(procs: dict[str, subprocess.Popen], role: str, batches: int) -> dict
     return out
 
 
+def rounds(procs: dict[str, subprocess.Popen], batches: int, repeats: int
+           ) -> dict[str, dict[str, list[float]]]:
+    """role -> contender -> ms per batch, one per round, the contenders taking turns."""
+    times = {role: {mode: [] for mode in CONTENDERS} for role in ROLES}
+    for role in ROLES:  # warm-up: the first batches pay for allocation and kernel choice
+        measure(procs, role, 3)
+    for r in range(repeats):
+        for role in ROLES:
+            for mode, ms in measure(procs, role, batches).items():
+                times[role][mode].append(ms)
+        progress(f"round {r + 1}/{repeats}: " + "; ".join(
+            f"{role} " + ", ".join(f"{m} {v[-1]:.1f} ms" for m, v in t.items())
+            for role, t in times.items()))
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0], epilog=__doc__.partition(
         "\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=20, help="timed batches per contender per "
                     "round (default: 20, at most 64)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (default: 7)")
+    ap.add_argument("--params", type=Path, help="params file whose teacher and student knobs "
+                    "the steps use (default: conf/ composed as `dvc exp run` composes it)")
     ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -98,22 +133,21 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    procs = {mode: start(mode) for mode in CONTENDERS}
-    try:
-        times = {role: {mode: [] for mode in CONTENDERS} for role in ROLES}
-        for role in ROLES:  # warm-up: the first batches pay for allocation and kernel choice
-            measure(procs, role, 3)
-        for r in range(args.repeats):
-            for role in ROLES:
-                for mode, ms in measure(procs, role, args.batches).items():
-                    times[role][mode].append(ms)
-            progress(f"round {r + 1}/{args.repeats}: " + "; ".join(
-                f"{role} " + ", ".join(f"{m} {v[-1]:.1f} ms" for m, v in t.items())
-                for role, t in times.items()))
-    finally:
-        for proc in procs.values():
-            proc.stdin.close()
-            proc.wait()
+    from kd.params import ParamsError, load
+
+    with tempfile.TemporaryDirectory() as tmp:  # the default params file, read by each contender
+        params = args.params or default_params(Path(tmp))
+        try:
+            load(params)  # a bad file stops here, in one line, not in three contenders
+        except ParamsError as e:
+            raise SystemExit(f"error: {e}") from None
+        procs = {mode: start(mode, params) for mode in CONTENDERS}
+        try:
+            times = rounds(procs, args.batches, args.repeats)
+        finally:
+            for proc in procs.values():
+                proc.stdin.close()
+                proc.wait()
     rows: list[Row] = []
     for role, arch in ROLES.items():
         t = times[role]

@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import json
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,11 +32,24 @@ TINY_MODEL = {"arch": "auto", "input_dropout": 0.0, "dropout": 0.0, "max_norm": 
 
 
 def committed(rel: str) -> str:
-    """A file's text as HEAD has it: what the repository ships, not what a user's experiments
+    """A file's text as HEAD has it: what the repository ships (for params.yaml, the defaults or
+    an experiment kept with `dvc exp apply` and a commit), not what a user's experiments
     (`dvc exp run -S ...` rewrites params.yaml) left in the working copy. Outside a git checkout
     (an unpacked archive), the file itself."""
     proc = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=ROOT, capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else (ROOT / rel).read_text()
+
+
+def composed(*overrides: str) -> dict:
+    """What `dvc exp run -S <override>...` writes into params.yaml: conf/ composed by DVC's own
+    function. The project's defaults (with no overrides), whatever experiment the working copy's
+    or HEAD's params.yaml holds (`dvc exp apply` and a commit keep one there)."""
+    from dvc.utils.hydra import compose_and_dump
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "params.yaml"
+        compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT), list(overrides))
+        return yaml.safe_load(out.read_text())
 
 
 def tiny_params() -> dict:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from kd import numerics
 from kd.fixed_order import BatchNorm2d, Conv2d
-from tests.conftest import ROOT, committed, run_stage, tiny_params, write_params
+from tests.conftest import ROOT, composed, run_stage, tiny_params, write_params
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # An AVX2-only machine, as far as MKL, oneDNN and ATen can tell.
@@ -293,8 +292,8 @@ def test_fashion_mnist_cnn_teacher_writes_the_same_bytes_at_1_2_4_threads_and_un
         tmp_path):
     """The default teacher (cnn:32-64, dropout 0.3, its batch size) for one epoch on the first
     4,000 real images of each split (31 batches): the real kernels at the real shapes."""
-    raw = yaml.safe_load(committed("params.yaml"))  # the shipped teacher, whatever was run since
-    raw.update(dataset="fashion-mnist", preset="none", numerics="portable")
+    # conf/'s default teacher, whatever experiment params.yaml holds (HEAD's or the working copy's)
+    raw = composed("dataset=fashion-mnist", "preset=none", "numerics=portable")
     raw["data"].update(root=str(FASHION))
     raw["teacher"].update(arch="cnn:32-64", epochs=1)
     found = outputs_under_each_setting(tmp_path, raw, ("teacher",),

@@ -3,6 +3,7 @@ writes conf/config.yaml, the chosen dataset and preset and the `-S` overrides in
 every `dvc exp run`, so `dvc exp show` displays the values that ran, a preset's included.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,25 +26,85 @@ REGENERATE = ("python -c \"from pathlib import Path; from dvc.utils.hydra import
               "str(Path('.').resolve()), [])\"")
 
 
-def compose(tmp_path: Path, *overrides: str) -> str:
+def compose(tmp_path: Path, *overrides: str, conf: Path = CONF) -> str:
     """What `dvc exp run -S <override>...` writes into params.yaml (DVC's own function)."""
     out = tmp_path / "params.yaml"
-    compose_and_dump(out, str(CONF), None, "config", str(ROOT), list(overrides))
+    compose_and_dump(out, str(conf), None, "config", str(ROOT), list(overrides))
     return out.read_text()
 
 
-def test_params_yaml_is_what_conf_composes(tmp_path):
-    # Otherwise the first `dvc exp run` shows param changes nobody asked for. Both as committed:
-    # a user's `dvc exp run -S T=3` rewrites the working copy's params.yaml, and that is fine.
-    conf = tmp_path / "conf"
+def leaves(mapping: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested mapping; a list is one value."""
+    out = {}
+    for k, v in mapping.items():
+        out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def override(value) -> str:
+    """A value in Hydra's override grammar, as a user types it after -S."""
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(override(v) for v in value) + "]"
+    return json.dumps(value)  # numbers, true, false, null
+
+
+def assert_composed(text: str, tmp_path: Path, conf: Path = CONF) -> None:
+    """`text` is a params.yaml that `dvc exp run` could have written from `conf`: the defaults, or
+    an experiment's (its dataset and preset, then `-S key=value` for each value that differs from
+    what those compose), byte for byte. Whatever experiment was kept, its keys, their order and
+    the layout are conf/'s."""
+    raw = yaml.safe_load(text)
+    groups = [f"dataset={raw['dataset']}", f"preset={raw['preset']}"]
+    base = leaves(yaml.safe_load(compose(tmp_path, *groups, conf=conf)))
+    mine = leaves(raw)
+    assert list(mine) == list(base), (
+        f"params.yaml's keys are not conf/'s (extra {sorted(set(mine) - set(base))}, missing "
+        f"{sorted(set(base) - set(mine))}): edit conf/config.yaml, then regenerate with {REGENERATE}")
+    sets = [f"{k}={override(v)}" for k, v in mine.items()
+            if type(v) is not type(base[k]) or v != base[k]]  # 4 and 4.0 are written differently
+    assert text == compose(tmp_path, *groups, *sets, conf=conf), (
+        f"params.yaml is not what conf/ composes with -S {' '.join(groups + sets)}: edit "
+        f"conf/config.yaml, then regenerate with {REGENERATE}")
+
+
+def committed_conf(tmp_path: Path) -> Path:
+    """conf/ as HEAD has it, in a folder of its own."""
     for path in CONF.rglob("*.yaml"):
         rel = path.relative_to(ROOT)
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(committed(str(rel)))
-    out = tmp_path / "composed.yaml"
-    compose_and_dump(out, str(conf), None, "config", str(tmp_path), [])
-    assert committed("params.yaml") == out.read_text(), (
-        f"params.yaml is stale: edit conf/config.yaml, then regenerate with {REGENERATE}")
+    return tmp_path / "conf"
+
+
+def test_params_yaml_is_what_conf_composes(tmp_path):
+    # Otherwise the first `dvc exp run` shows param changes nobody asked for. Both as committed:
+    # a user's `dvc exp run -S T=3` rewrites the working copy's params.yaml, and that is fine; an
+    # experiment kept with `dvc exp apply` and a commit is fine too (a value conf/config.yaml
+    # changed without regenerating params.yaml looks the same, and passes).
+    assert_composed(committed("params.yaml"), tmp_path, committed_conf(tmp_path))
+
+
+@pytest.mark.parametrize("kept", [
+    (), ("T=4",), ("dataset=digits",), ("dataset=digits", "T=4", "alpha=1"),
+    ("dataset=mnist", "preset=patient-consistent", "seed=2", "distill.epochs=120"),
+    ("teacher.arch=mlp:1200-1200", "distill.omit_classes=[3]", "distill.bias_correction=2.5",
+     "launch='torchrun --nproc-per-node=2'", "data.root=/srv/data", "distill.flip=true"),
+])
+def test_a_kept_experiments_params_yaml_passes_and_a_hand_edit_does_not(tmp_path, kept):
+    """The check above on what `dvc exp run -S ...` writes (then kept with `dvc exp apply` and a
+    commit): it passes for any experiment, and fails once the file is edited by hand."""
+    text = compose(tmp_path, *kept)
+    assert_composed(text, tmp_path)
+    lines = text.splitlines(keepends=True)
+    seed, T = (next(i for i, line in enumerate(lines) if line.startswith(key)) for key in ("seed:", "T:"))
+    lines[seed], lines[T] = lines[T], lines[seed]
+    for edited in (text.replace("\nalpha:", "\nalpha_typo:"),  # a key conf/ does not have
+                   text.replace("\nT: ", "\nT:  "),  # the layout
+                   "".join(lines)):  # the order
+        with pytest.raises(AssertionError, match="regenerate"):
+            assert_composed(edited, tmp_path)
 
 
 def test_each_dataset_spells_out_its_architectures(tmp_path):
@@ -119,6 +180,8 @@ def test_queued_experiments_show_the_values_that_will_run(tmp_path):
     assert (paper["preset"], paper["T"]) == ("hinton-mnist", 20)
     assert (paper["teacher.arch"], paper["teacher.epochs"]) == ("mlp:1200-1200", 30)
     assert (paper["student.arch"], paper["distill.lr"]) == ("mlp:800-800", 0.02)
+    # conf/'s values under -S dataset=digits, not params.yaml's (an experiment may have been kept)
+    digits = yaml.safe_load(compose(tmp_path, "dataset=digits"))
     assert (small["dataset"], small["teacher.arch"], small["student.arch"]) == (
-        "digits", "mlp:256-256", "mlp:32")
-    assert small["preset"] == "none" and small["T"] == 2  # conf/config.yaml's
+        "digits", digits["teacher"]["arch"], digits["student"]["arch"])
+    assert (small["preset"], small["T"]) == (digits["preset"], digits["T"])

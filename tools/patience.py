@@ -6,13 +6,17 @@ each distillation budget, function matching (the same with alpha = 1) and a stud
 the same augmentation and schedule but no teacher. Each job runs the real stages
 (`python -m stages.<name>`) in its own folder with its own params.yaml, tracking off, exactly what
 `dvc exp run --queue -S preset=patient-consistent -S distill.epochs=15,30,60,120 -S seed=0,1,2`
-runs where DVC is; one CSV row per finished job, written as each finishes.
+runs where DVC is; one CSV row per finished job, written as each finishes. Every job starts
+from the params given (`--params FILE`) or, by default, from conf/ composed as `dvc exp run`
+composes it (with `-S dataset=<--dataset>`): the project's defaults, not whatever experiment the
+working copy's params.yaml holds.
 
 `plot`: that CSV -> the patience figure (distilled test accuracy against distillation epochs,
 mean and std over seeds) and a markdown table of mean ± std with the share of the
 teacher-student gap each recipe closes.
 
   python -m tools.patience run --data-root DIR --out results/patience.csv [--budgets 15,30,60,120]
+                                [--params FILE] [--dataset NAME]
   python -m tools.patience plot results/patience.csv --png results/patience.png
 """
 
@@ -26,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +58,28 @@ def jobs(budgets: list[int]) -> dict[str, tuple[list[str], dict]]:
     return out
 
 
+def base_params(path: str | None, dataset: str | None) -> dict:
+    """The params every job starts from: the file at `path` (with `dataset`'s default
+    architectures, `auto`, if one is named), else conf/ composed by DVC's own function, as
+    `dvc exp run [-S dataset=<dataset>]` writes params.yaml."""
+    if path:
+        base = yaml.safe_load(Path(path).read_text())
+        if dataset:
+            base["dataset"] = dataset
+            base["teacher"]["arch"] = base["student"]["arch"] = "auto"
+        return base
+    try:
+        from dvc.utils.hydra import compose_and_dump
+    except ImportError:
+        raise SystemExit("error: composing conf/ takes DVC's Python package (uv sync); or pass "
+                         "--params FILE") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "params.yaml"
+        compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT),
+                         [f"dataset={dataset}"] if dataset else [])
+        return yaml.safe_load(out.read_text())
+
+
 def params_for(base: dict, seed: int, changes: dict) -> dict:
     p = copy.deepcopy(base)
     p["seed"] = seed
@@ -76,11 +103,9 @@ def stage(folder: Path, name: str, log) -> None:
 
 
 def run(args) -> None:
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    base["data"]["root"] = str(Path(args.data_root).resolve()) if args.data_root else None
-    if args.dataset:
-        base["dataset"] = args.dataset
-        base["teacher"]["arch"] = base["student"]["arch"] = "auto"
+    base = base_params(args.params, args.dataset)
+    if args.data_root:
+        base["data"]["root"] = str(Path(args.data_root).resolve())
     work = Path(args.work).resolve()
     budgets = [int(b) for b in args.budgets.split(",")]
     lock = threading.Lock()
@@ -212,8 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--data-root", help="raw dataset folder (data.root); default: params.yaml's")
-    r.add_argument("--dataset", help="another dataset than params.yaml's (e.g. digits)")
+    r.add_argument("--data-root", help="raw dataset folder (data.root); default: the params' "
+                                       "(conf/'s: null, the standard places, then a download)")
+    r.add_argument("--params", help="params file the jobs start from (default: conf/ composed "
+                                    "as `dvc exp run` composes it, not the working copy's "
+                                    "params.yaml)")
+    r.add_argument("--dataset", help="another dataset than the params' (e.g. digits), with its "
+                                     "default architectures")
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--budgets", default="15,30,60,120", help="distillation epochs to try")
     r.add_argument("--jobs", type=int, default=12, help="stage processes at once")
