@@ -1,11 +1,16 @@
-"""The optimiser and schedule the training loop builds: knobs mean what they say."""
+"""The training loop: the optimiser and schedule it builds (knobs mean what they say), the epoch
+it keeps, and the seeds it takes."""
+
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
+from kd import data, loop, transfer
 from kd.loop import optimizer
-from kd.params import Train
+from kd.params import Train, validate
+from tests.conftest import tiny_params
 
 
 def train_cfg(momentum: float) -> Train:
@@ -40,3 +45,67 @@ def test_momentum_stays_as_set_while_the_learning_rate_cycles(momentum):
     opt, seen = run_steps(momentum)
     assert seen == [momentum] * 6
     assert opt.param_groups[0]["nesterov"] is True
+
+
+class Scaled(nn.Module):
+    """Logits exp(s) * (the first `classes` pixels): a positive scale never changes the argmax,
+    so every epoch's validation accuracy is the same, while training moves s (the cross-entropy
+    depends on it)."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(()))
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s.exp() * x.flatten(1)[:, :self.classes]
+
+
+def tiny_dataset(n: int = 64, classes: int = 4) -> data.Dataset:
+    gen = torch.Generator().manual_seed(0)
+
+    def split() -> data.Split:
+        return data.Split(torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=gen),
+                          torch.randint(0, classes, (n,), generator=gen))
+
+    return data.Dataset("tiny", split(), split(), split(), tuple(map(str, range(classes))),
+                        torch.tensor([0.5]), torch.tensor([0.3]))
+
+
+class Recorder:
+    """A `run` for loop.fit: the model's s after each epoch."""
+
+    def __init__(self, model: Scaled):
+        self.model, self.s = model, {}
+
+    def log_epoch(self, row: dict, epoch: int) -> None:
+        self.s[epoch] = self.model.s.item()
+
+
+def test_of_tied_validation_accuracies_the_first_epoch_is_kept():
+    """The earliest epoch reaching the best validation accuracy: a later one that only ties it
+    was not chosen by anything (kd/loop.py's docstring; best_epoch in the metrics files)."""
+    torch.manual_seed(0)
+    model, ds = Scaled(4), tiny_dataset()
+    cfg = replace(train_cfg(0.9), epochs=3, batch_size=16, lr=0.5)
+    run = Recorder(model)
+    fit = loop.fit(model, ds, cfg, seed=0, run=run)
+    assert len({row["val_acc"] for row in fit.history}) == 1  # every epoch ties
+    assert len(set(run.s.values())) == 3  # ... with other weights each epoch
+    assert fit.best_epoch == 1
+    assert model.s.item() == run.s[1]  # the model holds the first epoch's weights
+
+
+def test_the_largest_seeds_params_allow_run_through_the_code_that_seeds():
+    """seed seeds torch's and numpy's generators in the loop and the transfer set's sample;
+    data.split_seed the validation split's torch generator (torch takes at most 2**64 - 1)."""
+    raw = tiny_params()
+    raw["seed"], raw["data"]["split_seed"] = 2**63 - 1, 2**64 - 1
+    p = validate(raw)  # the highest values it allows (tests/test_params.py: one more is refused)
+    ds = tiny_dataset()
+    train, val = data.split_off_validation(ds.train.x, ds.train.y, 0.25, p.data.split_seed)
+    assert len(train) + len(val) == len(ds.train)
+    assert len(transfer.transfer_indices(ds.train.y, (), (), 0.5, p.seed)) < len(ds.train)
+    cfg = replace(train_cfg(0.9), epochs=1, batch_size=16, mixup=0.5)
+    fit = loop.fit(Scaled(4), ds, cfg, seed=p.seed)  # mixup: numpy's generator too
+    assert fit.best_epoch == 1

@@ -9,7 +9,7 @@ from kd import data, loop
 from kd.losses import distillation_loss, hard_loss
 from kd.params import Train
 from stages import distill
-from tests.conftest import tiny_params, write_params
+from tests.conftest import project, run_stage, tiny_params, write_params
 
 TRAIN = dict(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, shift=1,
              flip=True, grad_clip=0.0, mixup=1.0)
@@ -108,13 +108,21 @@ def test_function_matching_trains_the_same_on_an_unlabelled_transfer_set(workdir
     assert all(torch.equal(labelled[k], again[k]) for k in labelled)
 
 
-def test_online_teacher_gets_exactly_the_students_mixed_input(workdir, monkeypatch):
-    monkeypatch.setenv("KD_TRACKING", "off")
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    """A digits folder with its teacher and cached soft targets (tracking off), to distill in."""
+    with project(tmp_path_factory, "taught", KD_TRACKING="off") as (folder, _):
+        for name in ("download", "teacher", "soft_targets"):
+            run_stage(name)
+        yield folder
+
+
+def distill_seen(folder, monkeypatch, **augment) -> dict[str, list[torch.Tensor]]:
+    """Run the distill stage with these `distill.*` values; the input tensor of each call of the
+    teacher, and of each of the student's training steps."""
     raw = tiny_params()
-    raw["distill"].update(shift=1, flip=True, mixup=0.5)
-    write_params(workdir, raw)
-    for name in ("download", "teacher", "soft_targets"):
-        __import__(f"stages.{name}", fromlist=["main"]).main([])
+    raw["distill"].update(augment)
+    write_params(folder, raw)
     seen: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
 
     def record(role: str, model: torch.nn.Module) -> torch.nn.Module:
@@ -130,7 +138,22 @@ def test_online_teacher_gets_exactly_the_students_mixed_input(workdir, monkeypat
     monkeypatch.setattr(distill.training, "build_model", lambda *a: record(
         "student", build_model(*a)))
     distill.main([])
-    n_train = len(torch.load(workdir / "data/digits/train.pt", weights_only=True)["y"])
+    return seen
+
+
+# Each augmentation alone: cached logits are the teacher's on the unshifted, unflipped, unmixed
+# images, so any one of them makes the teacher run online.
+@pytest.mark.parametrize("augment", [{"shift": 1}, {"flip": True}, {"mixup": 0.5},
+                                     {"shift": 1, "flip": True, "mixup": 0.5}],
+                         ids=["shift", "flip", "mixup", "all"])
+def test_online_teacher_gets_exactly_the_students_augmented_input(taught, monkeypatch, augment):
+    seen = distill_seen(taught, monkeypatch, **augment)
+    n_train = len(torch.load(taught / "data/digits/train.pt", weights_only=True)["y"])
     assert len(seen["teacher"]) == 2 * (n_train // 64)  # every training step of both epochs
     for t_in, s_in in zip(seen["teacher"], seen["student"], strict=True):
-        assert t_in is s_in  # the very tensor, not a copy, not another mix
+        assert t_in is s_in  # the very tensor, not a copy, not another draw
+
+
+def test_without_augmentation_the_cached_soft_targets_teach(taught, monkeypatch):
+    seen = distill_seen(taught, monkeypatch)
+    assert seen["teacher"] == [] and len(seen["student"]) > 0  # the teacher is not even loaded

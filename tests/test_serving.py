@@ -86,6 +86,21 @@ def test_the_alias_moves_only_to_a_strictly_better_validation_accuracy_per_datas
     assert reg.aliases == {"ship-digits": "5", "ship-mnist": "4"}
 
 
+def test_a_new_version_is_tagged_and_the_alias_follows_validation_not_test_accuracy(mlflow_store):
+    """registry.tag_and_promote as the distill stage calls it, with tags where the two splits
+    rank the versions in opposite orders: the test split chooses nothing."""
+    class Tagging(_Registry):
+        def set_model_version_tag(self, model, version, key, value):
+            self.versions.setdefault(version, types.SimpleNamespace(tags={})).tags[key] = value
+
+    reg, held = Tagging(), []
+    for version, val, test in (("1", 0.90, 0.80), ("2", 0.85, 0.95), ("3", 0.95, 0.70)):
+        registry.tag_and_promote(reg, version, {"dataset": "digits", "val_acc": val, "test_acc": test})
+        held.append(reg.aliases["ship-digits"])
+    assert held == ["1", "1", "3"]
+    assert reg.versions["2"].tags == {"dataset": "digits", "val_acc": "0.85", "test_acc": "0.95"}
+
+
 def test_an_unexpected_registry_error_is_not_taken_for_a_missing_alias():
     class Down(_Registry):
         def get_registered_model(self, model):

@@ -23,14 +23,20 @@ import pytest
 from kd import keep, params_watch, store
 from tests.conftest import ROOT
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    from kd import cli, interrupt
-    interrupt.install()
-    print("ready", flush=True)
-    with cli.friendly_errors():
-        time.sleep(60)
-""")
+
+def stage_like(work: str = "time.sleep(60)\n") -> str:
+    """A process that stops as a stage does: the handlers installed, then `work` under
+    friendly_errors."""
+    return textwrap.dedent("""
+        import sys, time
+        from kd import cli, interrupt
+        interrupt.install()
+        print("ready", flush=True)
+        with cli.friendly_errors():
+    """) + textwrap.indent(work, "    ")
+
+
+CHILD = stage_like()
 
 
 def spawn(code: str, **extra_env) -> subprocess.Popen:
@@ -51,10 +57,11 @@ def test_a_stop_signal_is_one_line_and_128_plus_its_number(sig, status):
 
 
 def test_a_second_signal_while_closing_ends_at_once():
-    code = CHILD.replace("    time.sleep(60)\n", "    try:\n        time.sleep(60)\n"
-                         "    finally:  # the run being closed, slowly\n        time.sleep(60)\n")
-    assert "finally" in code
-    proc = spawn(code)
+    """The first signal stops the work; closing the run is a store call, which holds signals
+    back until it returns (kd/interrupt.deferred): the second ends the process at once."""
+    proc = spawn(stage_like("try:\n    time.sleep(60)\n"
+                            "finally:  # the run being closed, slowly\n"
+                            "    with interrupt.deferred():\n        time.sleep(60)\n"))
     proc.send_signal(signal.SIGINT)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
