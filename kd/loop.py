@@ -1,9 +1,8 @@
 """The training loop: plain PyTorch, one function for teacher, student and distillation.
 
 In:  a model, a `Dataset` already on its device, `params.Train` knobs and, to distill, a
-     `Teacher`: its logits cached per training row, or the teacher itself, run online on the
-     exact normalised inputs the student sees (shifted, flipped, mixed). Without one the loss is
-     cross-entropy with the labels (mixed like the images, under mixup).
+     `Teaching` (kd.teaching.Teacher: the teacher's logits and the distillation loss). Without
+     one the loss is cross-entropy with the labels (mixed like the images, under mixup).
 Out: `Fit` with one dict of floats per epoch; the model ends holding the weights of the epoch with
      the best *validation* accuracy (the test split is scored each epoch for the learning curves,
      never used to choose anything).
@@ -19,6 +18,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from kd import device as devices
 from kd import distributed, resources
+from kd.cross_entropy import hard_loss
 from kd.data import Dataset, Split, mixup, normalize, random_flip, random_shift
 from kd.errors import PipelineError
-from kd.losses import distillation_loss, hard_loss
 from kd.metrics import scores
 from kd.models import apply_max_norm
-from kd.params import Distill, Train
+from kd.params import Train
 
 
 @dataclass
@@ -89,30 +89,11 @@ def predict(model: nn.Module, split: Split, data: Dataset, batch: int = EVAL_BAT
     return distributed.gather_rows(torch.cat(outs), len(split))
 
 
-@dataclass
-class Teacher:
-    """What a distilled student learns from: the teacher's logits, through `cfg.loss`'s whole
-    loss (kd.losses; T and alpha are kd's). They are `cached` per training
-    row (for un-augmented images: the soft_targets stage), or computed by `model` (in eval mode)
-    on the student's very input tensor ("consistent" teaching, Beyer et al. 2022)."""
+class Teaching(Protocol):
+    """What a distilled student learns from (kd.teaching.Teacher): its whole loss for a batch."""
+    setting: str  # the loss and its settings in words, for the one-line error of a divergence
 
-    T: float
-    alpha: float
-    cfg: Distill
-    cached: torch.Tensor | None = None
-    model: nn.Module | None = None
-    setting: str = ""  # the loss and its settings in words (kd.params.describe_loss), for errors
-
-    @torch.no_grad()
-    def logits(self, batch: Batch) -> torch.Tensor:
-        if self.model is None:
-            return self.cached[batch.idx]
-        with devices.autocast(batch.x.device):
-            return self.model(batch.x).float()
-
-    def loss(self, student_logits: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
-        return distillation_loss(student_logits, self.logits(batch), batch.y, self.T, self.alpha,
-                                 batch.partner_y, batch.lam, cfg=self.cfg, epoch=epoch)
+    def loss(self, student_logits: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor: ...
 
 
 def optimizer(model: nn.Module, cfg: Train, total_steps: int
@@ -145,7 +126,7 @@ def batch_inputs(split: Split, idx: torch.Tensor, data: Dataset, cfg: Train,
     return Batch(mixed, y, idx, partner, y[partner], lam)
 
 
-def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teacher | None = None,
+def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teaching | None = None,
         max_norm: float = 0.0, run=None, label: str = "train") -> Fit:
     """Train `model` in place, on the labels or from `teacher`; log each epoch to `run`. Under
     torchrun every rank calls this with the same arguments and trains its share of each batch
@@ -197,7 +178,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
             bar.close()
             train_loss = float(distributed.mean(loss_sum)) / steps  # the epoch's one sync
             if not math.isfinite(train_loss):
-                under = f" under loss {teacher.setting}" if teacher is not None and teacher.setting else ""
+                under = f" under loss {teacher.setting}" if teacher is not None else ""
                 raise Diverged(f"{label}: training loss became {train_loss} in epoch {epoch}{under}; "
                                "lower the learning rate or set grad_clip (the model was not written)")
             train_seconds = time.perf_counter() - t0

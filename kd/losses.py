@@ -43,6 +43,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from kd.cross_entropy import hard_loss
 from kd.params import LOSSES, Distill
 
 EPS = 1e-7  # LS's guard for a row whose logits are all equal (standard deviation 0)
@@ -139,17 +140,6 @@ def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, al
 LOSS: dict[str, Callable[..., torch.Tensor]] = {"kd": kd, "dkd": dkd, "ls": ls, "dist": dist}
 if set(LOSS) != set(LOSSES):  # the params schema names exactly the losses written here
     raise ImportError(f"kd.losses writes {sorted(LOSS)} but kd.params allows {sorted(LOSSES)}")
-
-
-def hard_loss(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor | None = None,
-              lam: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy with the true labels; for a mixup batch (image i = lam_i * image i + (1 -
-    lam_i) * its partner), the same mix of the two images' cross-entropies."""
-    if lam is None:
-        return F.cross_entropy(logits, labels)
-    own = F.cross_entropy(logits, labels, reduction="none")
-    other = F.cross_entropy(logits, partner_labels, reduction="none")
-    return (lam * own + (1 - lam) * other).mean()
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

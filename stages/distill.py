@@ -30,6 +30,7 @@ from kd import cli, data, device, distributed, io, lineage, loop, metrics, runs,
 from kd.datasets import resolve_arch
 from kd.errors import PipelineError
 from kd.params import describe_loss, loss_settings, other_losses_keys
+from kd.teaching import Teacher
 
 
 def check_lineage(soft: dict, path: Path, teacher: Path, ds: data.Dataset) -> None:
@@ -71,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         ds.train = data.Split(ds.train.x[subset], ds.train.y[subset])
         # Cached logits are for un-augmented images: with augmentation the teacher runs online.
         online = p.distill.shift > 0 or p.distill.flip or p.distill.mixup > 0
-        teacher = (loop.Teacher(p.T, p.alpha, t, model=training.load_checkpoint(args.teacher, dev)[0],
+        teacher = (Teacher(p.T, p.alpha, t, model=training.load_checkpoint(args.teacher, dev)[0],
                                 setting=describe_loss(p))
-                   if online else loop.Teacher(p.T, p.alpha, t, cached=soft["train"][subset],
+                   if online else Teacher(p.T, p.alpha, t, cached=soft["train"][subset],
                                                setting=describe_loss(p)))
 
         arch = resolve_arch(p.student.arch, p.dataset, "student")

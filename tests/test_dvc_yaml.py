@@ -53,3 +53,20 @@ def test_metrics_and_plots_are_git_tracked_not_cached():
         for entry in stage.get("metrics", []) + stage.get("plots", []):
             (path, opts), = entry.items()
             assert opts == {"cache": False}, path
+
+
+def test_a_loss_change_reruns_only_distillation():
+    """kd/losses.py (every distillation loss) is read by the distill stage alone: the training
+    loop that the teacher and student run takes its cross-entropy from kd/cross_entropy.py."""
+    readers = {n for n, s in DVC["stages"].items() if "kd/losses.py" in s["deps"]}
+    assert readers == {"distill"}
+
+
+def test_the_distilled_student_depends_on_the_students_network_not_its_training():
+    """distill trains with distill.*'s training keys; of student.* it reads the network's alone,
+    so `-S student.lr=...` reruns the student baseline but not distillation."""
+    from dataclasses import fields
+
+    from kd.params import Model
+    student = {p for p in DVC["stages"]["distill"]["params"] if str(p).startswith("student")}
+    assert student == {f"student.{f.name}" for f in fields(Model)}

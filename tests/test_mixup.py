@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kd import data, loop
-from kd.losses import distillation_loss, hard_loss
+from kd.cross_entropy import hard_loss
+from kd.losses import distillation_loss
 from kd.params import Train
 from stages import distill
 from tests.conftest import project, run_stage, tiny_params, write_params
