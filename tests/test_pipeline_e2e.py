@@ -141,17 +141,18 @@ def test_repro_then_T_change_then_queue(repo):
     # 4. The README's terminal view: the required columns in 120 characters, the same numbers
     # as each experiment's pipeline run.
     table = sh(repo, sys.executable, "-m", "tools.compare").splitlines()
-    assert table[0].split() == ["Experiment", "dataset", "preset", "seed", "T", "alpha", "loss",
-                                "teacher%", "student%", "distilled%"]
+    assert table[0].split() == ["Experiment", "dataset", "preset", "seed", "loss", "teacher%",
+                                "student%", "distilled%", "val%"]
     assert max(len(line) for line in table) <= 120
     lines = {line.split()[0]: line.split() for line in table[2:]}
     for name, r in piped.items():
         if name == head:
             continue  # the commit's row shows the forced rerun's files; same numbers, other run
         row = lines[name]
-        assert row[4] == f"{float(r.data.params['T']):g}"
-        assert row[-1] == f"{100 * r.data.metrics['distilled_test_acc']:.2f}%"
-        assert row[-3] == f"{100 * r.data.metrics['teacher_test_acc']:.2f}%"
+        assert row[4:7] == ["kd", f"T={float(r.data.params['T']):g}", "a=0.9"]
+        assert row[-1] == f"{100 * r.data.metrics['distilled_val_acc']:.2f}%"
+        assert row[-2] == f"{100 * r.data.metrics['distilled_test_acc']:.2f}%"
+        assert row[-4] == f"{100 * r.data.metrics['teacher_test_acc']:.2f}%"
 
 
 def test_sweep_summarises_the_queued_experiments(repo, tmp_path, capsys):

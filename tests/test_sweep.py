@@ -272,7 +272,7 @@ def test_plot_is_a_png_written_atomically(shown, params, tmp_path):
 
 def fake_dvc(monkeypatch, shown: list, params: dict, current: bool) -> None:
     """DVC's rows and params as `show` returns them; `current`: `dvc status` finds nothing to do."""
-    monkeypatch.setattr(sweep_cli, "show", lambda repo, all_commits: (shown, params, current))
+    monkeypatch.setattr(sweep_cli, "show", lambda repo, all_commits, revs: (shown, params, current))
 
 
 def test_main_writes_table_and_plot(shown, params, tmp_path, monkeypatch, capsys):
@@ -317,6 +317,19 @@ def test_show_asks_dvc_and_names_the_baseline_by_its_branch_and_commit(tmp_path)
     assert (shown[1]["T"], shown[1]["teacher.epochs"], shown[1]["teacher.flip"]) == (4.0, 2.0, "False")
     assert params == {"T": 4, "teacher": {"epochs": 2, "flip": False}}
     assert current is False  # stage s never ran
+    # --rev: the experiments of the commits asked for, not HEAD's
+    (tmp_path / "params.yaml").write_text("T: 8\nteacher:\n  epochs: 2\n  flip: false\n")
+    sh(tmp_path, "git", "commit", "-qam", "T 8")
+    shown, _, _ = sweep_cli.show(tmp_path, all_commits=False, revs=[head])
+    assert [(r["rev"], r["T"]) for r in shown if r["rev"] != "workspace"] == [(head, 4.0)]
+
+
+def test_all_commits_and_rev_are_refused_together(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sweep_cli.main(["--repo", str(tmp_path), "--all-commits", "--rev", "abc1234"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == \
+        "error: --all-commits and --rev both choose the commits: give one of them\n"
 
 
 def test_main_fails_in_one_line_outside_a_dvc_repo(tmp_path, capsys):

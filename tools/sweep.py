@@ -58,13 +58,14 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def show(repo: Path, all_commits: bool) -> tuple[list[dict], dict, bool]:
-    """DVC's rows of the workspace, HEAD (or every commit) and their experiments; the workspace's
-    params; and whether `dvc status` finds every output up to date."""
+def show(repo: Path, all_commits: bool, revs: list[str] | None = None) -> tuple[list[dict], dict, bool]:
+    """DVC's rows of the workspace, HEAD (or every commit, or the commits `revs`) and their
+    experiments; the workspace's params; and whether `dvc status` finds every output up to date."""
     try:
         with Repo(str(repo)) as project:  # first: outside a DVC project this says so in plain words
-            # Every commit, as `dvc exp show --all-commits` takes them; else HEAD alone.
-            revs = list(project.scm.list_all_commits()) if all_commits else None
+            # Every commit, as `dvc exp show --all-commits` takes them; the commits asked for; else
+            # HEAD alone.
+            revs = list(project.scm.list_all_commits()) if all_commits else revs
             rows = dvc.api.exp_show(repo=project.root_dir, revs=revs)
             params = dvc.api.params_show(repo=project.root_dir)
             current = project.status() == {}
@@ -326,9 +327,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--all-commits", action="store_true",
                     help="also gather experiments based on older commits, not only HEAD's "
                          "(they may have run other code)")
+    ap.add_argument("--rev", action="append", metavar="COMMIT",
+                    help="gather the experiments based on this commit, and its own results "
+                         "(repeat it for several; default: HEAD's)")
     args = ap.parse_args(argv)
 
-    shown, params, current = show(args.repo, args.all_commits)
+    if args.all_commits and args.rev:
+        fail("--all-commits and --rev both choose the commits: give one of them")
+    shown, params, current = show(args.repo, args.all_commits, args.rev)
     rows, notes = parse(shown, params, include_workspace=current)
     if not current:
         notes.append("skipped workspace: not reproduced since its params or code changed (dvc status)")
