@@ -36,6 +36,9 @@ def test_one_line_per_experiment_with_the_required_columns_in_120_characters():
                                 "0", "kd", "T=20", "a=0.9", "92.49%", "89.85%", "90.43%", "91.14%"]
     assert lines[5].split() == ["queued-one", "(queued)", "fashion-mnist", "hinton-mnist", "0",
                                 "kd", "T=8", "a=0.9", "-", "-", "-", "-"]
+    # DVC shows a failed experiment with its baseline's metrics files: none of them is its own
+    failed = render(rows([record("hot-dkd", "e" * 40, 4.0, 0.9052, state="Failed", loss="dkd")]))
+    assert failed.splitlines()[2].split()[-4:] == ["-", "-", "-", "-"]
 
 
 def test_the_loss_column_names_the_loss_and_its_own_settings_only():

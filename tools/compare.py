@@ -9,11 +9,11 @@ letter after the loss's name: `dkd b=2` is DKD as mdistiller trains it but disti
 `dkd` alone is the recipe itself; kd.params.RECIPES), the teacher's, student baseline's and
 distilled student's test accuracy in % (`teacher%` ...), and the distilled student's validation
 accuracy (`val%`, what settings are chosen on) (metrics/*.json), as `dvc.api.exp_show` returns
-them. Plain
-`dvc exp show` cannot show these in 120 columns: DVC prefixes a metric name that appears in
-several files with the file's path (`metrics/distilled.json:test_acc`), and the table has a
-column for every param. Queued, running and failed experiments show `-` for accuracies not yet
-there. Exit status 1 with a one-line message when DVC fails.
+them. Plain `dvc exp show` cannot show these in 120 columns: DVC prefixes a metric name that
+appears in several files with the file's path (`metrics/distilled.json:test_acc`), and the table
+has a column for every param. Queued, running and failed experiments show `-` for accuracies not
+yet there (a failed one's metrics files are its baseline's, not its own). Exit status 1 with a
+one-line message when DVC fails.
 """
 
 from __future__ import annotations
@@ -64,9 +64,11 @@ def rows(records: list[dict]) -> list[list[str]]:
     for rec in records:
         state = rec.get("State")
         name = _label(rec) + (f" ({state.lower()})" if state and state != "Success" else "")
+        # A failed experiment's metrics files are its baseline's, left as they were: not its own.
+        scores = {} if state == "Failed" else rec
         out.append([name, *(_number(rec.get(p)) for p in PARAMS), _loss(rec),
-                    *(_accuracy(rec.get(f"metrics/{model}.json:test_acc")) for model in MODELS),
-                    _accuracy(rec.get("metrics/distilled.json:val_acc"))])
+                    *(_accuracy(scores.get(f"metrics/{model}.json:test_acc")) for model in MODELS),
+                    _accuracy(scores.get("metrics/distilled.json:val_acc"))])
     return out
 
 
