@@ -399,3 +399,19 @@ def test_failed_experiments_are_listed_with_their_loss_settings():
     assert sweep_cli.failed_table(shown[1:]) is None
     md = sweep_cli.losses_markdown(sweep.by_loss([_loss_row("kd", 0, 0.9, 0.9)]), failed=table)
     assert "## Experiments that failed" in md and "| `hot-dkd` |" in md
+
+
+def test_another_losss_knobs_neither_split_a_setting_nor_repeat_an_experiment(shown, params):
+    """A kd experiment run before and after `distill.dkd_beta`'s default moved is the same
+    experiment and the same setting: dkd's knobs do not touch it. dkd experiments that differ in
+    dkd_beta are two settings."""
+    params = {**params, "distill": {**params.get("distill", {}), "loss": "kd", "dkd_beta": 8.0}}
+    base = dict(row(shown, "every-dirk"), **{"distill.loss": "kd", "distill.dkd_beta": 8.0})
+    moved = dict(base, Experiment="after-the-move", rev="workspace", **{"distill.dkd_beta": 1.0})
+    dkd = [dict(base, Experiment=f"dkd-{b}", **{"distill.loss": "dkd", "distill.dkd_beta": b})
+           for b in (8.0, 1.0)]
+    rows, _ = sweep.parse([base, moved, *dkd], params)
+    assert sorted(r.name for r in rows) == ["dkd-1.0", "dkd-8.0", "every-dirk"]
+    labels = dict(zip((r.name for r in rows), sweep.settings(rows), strict=True))
+    assert "dkd_beta" not in labels["every-dirk"]
+    assert labels["dkd-1.0"] != labels["dkd-8.0"]

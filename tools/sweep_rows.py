@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from kd.params import RECIPES
+
 MODELS = ("teacher", "student", "distilled")
 SWEPT = ("dataset", "T", "alpha", "seed")
 DVC_COLUMNS = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")
@@ -107,11 +109,21 @@ def _row(name: str, rec: dict, workspace: dict[str, Any]) -> Row:
         raise _Skip("DVC could not read it")
     if missing := [k for k in SWEPT if rec.get(k) in (None, "!")]:  # "!": DVC could not read the file
         raise _Skip(f"params.yaml has no {', '.join(missing)}")
+    # Another loss's knobs do not touch this experiment: left out, they neither split its setting
+    # nor keep it from being the same experiment as a row whose unused knobs differ.
+    loss = _value(rec.get(LOSS_KEY), "") or "kd"
     return Row(name, rec["rev"], str(rec["dataset"]), float(rec["T"]), float(rec["alpha"]),
                int(rec["seed"]), *(score for m in MODELS for score in _scores(rec, m)),
                _number(_metric(rec, "distilled", "agreement")),
                _number(_metric(rec, "distilled", "val_acc")),
-               {k: _value(rec.get(k), like) for k, like in workspace.items()})
+               {k: _value(rec.get(k), like) for k, like in workspace.items()
+                if _knob_of(k) in (None, loss)})
+
+
+def _knob_of(key: str) -> str | None:
+    """The loss whose own knob `key` is ("distill.dkd_beta": "dkd"); None for any other param."""
+    head = key.removeprefix("distill.").split("_")[0]
+    return head if key.startswith("distill.") and head in RECIPES else None
 
 
 def _metric(rec: dict, model: str, key: str) -> Any:
@@ -233,15 +245,16 @@ def settings(rows: list[Row]) -> list[str]:
     """Per row, "key=value, ..." for the other params where it differs from the usual value (the
     most common among its preset's rows, ties to the first sorted, never to hash order); the preset
     itself is named where it is not the most common one."""
-    def usual(key: str, pool: list[Row]) -> str:
-        values = sorted(_json(r.config.get(key)) for r in pool)
+    def usual(key: str, pool: list[Row]) -> str:  # of the rows that have it: a loss's knob
+        values = sorted(_json(r.config.get(key)) for r in pool if _knob_of(key) is None or key in r.config)
         return max(values, key=values.count)
 
     varying, labels = varying_params(rows), []
     for r in rows:
         same = [o for o in rows if o.config.get("preset") == r.config.get("preset")]
         labels.append(", ".join(f"{k}={_json(r.config.get(k))}" for k in varying
-                                if _json(r.config.get(k)) != usual(k, rows if k == "preset" else same)))
+                                if (_knob_of(k) is None or k in r.config)
+                                and _json(r.config.get(k)) != usual(k, rows if k == "preset" else same)))
     return labels
 
 
