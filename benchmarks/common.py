@@ -174,6 +174,16 @@ def start_contender(module: str, mode: str, env: dict[str, str]
     return proc, ready[1:]
 
 
+def default_params(folder: Path) -> Path:
+    """conf/ composed by DVC's own function, as `dvc exp run` with no -S writes params.yaml, into
+    `folder`; its path."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = folder / "params.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT), [])
+    return out
+
+
 @dataclass
 class Child:
     seconds: float

@@ -25,12 +25,11 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from kd import wait_policy  # imports no torch: the child sets its policy before torch loads
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CONTENDERS = ("stage", "OpenMP default")
 ROLES = ("teacher", "student")
@@ -38,7 +37,8 @@ TARGET = 0.8  # of the fair share
 
 
 def child(mode: str) -> None:
-    """Serve `<role> <batches>` lines from stdin: that role's training samples/s, one line each."""
+    """Read the params file's path from stdin's first line, then serve `<role> <batches>` lines:
+    that role's training samples/s, one line each."""
     if mode == "stage":
         wait_policy.prepare()  # as stages/__init__.py does, before anything imports torch
     from kd import numerics
@@ -50,20 +50,22 @@ def child(mode: str) -> None:
     from kd.params import load
 
     numerics.apply("portable")
-    setup = loops.random_setup(load(ROOT / "params.yaml"))
+    print("ready", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"), flush=True)
+    setup = loops.random_setup(load(sys.stdin.readline().rstrip("\n")))
     rates = {role: loops.fit_rate(setup, loops.role(setup, role, getattr(setup.params, role).arch))
              for role in ROLES}
-    print("ready", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"), flush=True)
     for line in sys.stdin:
         role, batches = line.split()
         print(rates[role](int(batches)), flush=True)
 
 
-def start(mode: str) -> subprocess.Popen:
+def start(mode: str, params: Path) -> subprocess.Popen:
     from benchmarks.common import progress, start_contender
 
     env = {k: v for k, v in os.environ.items() if k != wait_policy.VARIABLE}
     proc, (threads, policy) = start_contender("benchmarks.contention", mode, env)
+    proc.stdin.write(f"{params.resolve()}\n")  # both contenders train with the same knobs
+    proc.stdin.flush()
     progress(f"{mode}: {threads} threads, OMP_WAIT_POLICY {policy}")
     return proc
 
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds (default: 3)")
     ap.add_argument("--neighbours", type=int, nargs="+", default=[1, 2],
                     help="busy neighbours to measure beside (default: 1 2)")
+    ap.add_argument("--params", type=Path, help="params file whose teacher and student knobs "
+                    "are timed (default: conf/ composed as `dvc exp run` composes it)")
     ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -104,10 +108,18 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from benchmarks.common import Row, machine_lines, progress, table
+    from benchmarks.common import Row, default_params, machine_lines, progress, table
+    from kd.params import ParamsError, load
 
     cores = len(os.sched_getaffinity(0))
-    procs = {mode: start(mode) for mode in CONTENDERS}
+    # The default params file; the contenders read it once they start, so it lives as long as main.
+    folder = tempfile.TemporaryDirectory()
+    params = args.params or default_params(Path(folder.name))
+    try:
+        load(params)  # a bad file stops here, in one line, not in two contenders
+    except ParamsError as e:
+        raise SystemExit(f"error: {e}") from None
+    procs = {mode: start(mode, params) for mode in CONTENDERS}
     loads = [0, *args.neighbours]
     try:
         beside(0, procs, 3)  # warm-up

@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import (
-    ROOT,
     Row,
+    default_params,
     machine_lines,
     progress,
     ratio_row,
@@ -70,16 +70,6 @@ def child(mode: str) -> None:
         name, batches = line.split()
         rate = rates[name](int(batches))  # samples/s of the training steps alone
         print(1000 * setup.params.teacher.batch_size / rate, flush=True)
-
-
-def default_params(folder: Path) -> Path:
-    """conf/ composed by DVC's own function, as `dvc exp run` with no -S writes params.yaml, into
-    `folder`; its path."""
-    from dvc.utils.hydra import compose_and_dump
-
-    out = folder / "params.yaml"
-    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT), [])
-    return out
 
 
 def start(mode: str, params: Path) -> subprocess.Popen:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from benchmarks import numerics as numerics_benchmark
+from benchmarks import common as benchmarks_common
 from tests.conftest import ROOT, composed, tiny_params, write_params
 from tools import patience
 
@@ -21,7 +21,7 @@ def kept_elsewhere(tmp_path, monkeypatch):
     other = composed("dataset=digits", "T=7", "distill.epochs=3")
     write_params(tmp_path, other)
     monkeypatch.setattr(patience, "ROOT", tmp_path)
-    monkeypatch.setattr(numerics_benchmark, "ROOT", tmp_path)
+    monkeypatch.setattr(benchmarks_common, "ROOT", tmp_path)
     return other
 
 
@@ -44,8 +44,8 @@ def test_patience_starts_from_the_params_file_it_is_given(tmp_path, monkeypatch)
     assert seen == [tiny_params()]
 
 
-def test_numerics_benchmark_defaults_to_conf_not_to_the_working_copy(kept_elsewhere, tmp_path):
+def test_the_benchmarks_default_to_conf_not_to_the_working_copy(kept_elsewhere, tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
-    path = numerics_benchmark.default_params(folder)
+    path = benchmarks_common.default_params(folder)  # benchmarks.numerics' and .contention's
     assert yaml.safe_load(path.read_text()) == composed() != kept_elsewhere
