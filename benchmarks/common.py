@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from kd.reporting import markdown_table
 
@@ -182,6 +183,13 @@ def default_params(folder: Path) -> Path:
     out = folder / "params.yaml"
     compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT), [])
     return out
+
+
+def composed_params() -> dict:
+    """conf/ composed as `dvc exp run` with no -S composes it: the default run's params, whatever
+    experiment the working copy's params.yaml holds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return yaml.safe_load(default_params(Path(tmp)).read_text())
 
 
 @dataclass

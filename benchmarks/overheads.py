@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import PYTHON, ROOT, Child, child_env, progress, run_child
+from benchmarks.common import PYTHON, ROOT, Child, child_env, composed_params, progress, run_child
 
 STAGES = ("download", "teacher", "student", "soft_targets", "distill", "report")
 # Results of an earlier run in the project: a temporary copy starts without them.
@@ -33,8 +33,9 @@ def startup_seconds(commands: dict[str, list[str]], repeats: int) -> dict[str, f
 
 
 def workspace_params(dataset: str, data_root: str | None, epochs: int, **top) -> dict:
-    """The project's params.yaml for another dataset, with every stage's epochs set (0: kept)."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    """The default run's params (conf/) for another dataset, with every stage's epochs set (0:
+    kept)."""
+    p = composed_params()
     p["dataset"] = dataset
     p["data"]["root"] = data_root if dataset == "fashion-mnist" else None
     for section in ("teacher", "student", "distill"):

@@ -52,6 +52,7 @@ from benchmarks.common import (
     ROOT,
     Row,
     child_env,
+    composed_params,
     env_vars,
     interleaved,
     machine_lines,
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "for its wall time and peak RSS (slow: minutes per epoch on a CPU)")
     ap.add_argument("--stage-epochs", type=int, default=1,
                     help="epochs per training stage for --stages and --pipeline (default: 1; 0 = "
-                         "params.yaml's own, i.e. the default `dvc repro`)")
+                         "the default run's, from conf/)")
     ap.add_argument("--queue", action="store_true",
                     help="also time four queued experiments on Fashion-MNIST at -j 1 and -j 2 "
                          "(about ten minutes on 2 cores)")
@@ -155,7 +156,7 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
     kind = "bf16" if s.dev.type == "cuda" else "fp32"
     achieved = [flops * v / 1e9 for v in tr["as built"]]
     step_ms = 1000 * t.train.batch_size / med(tr["as built"])
-    n, epochs = len(s.ds.train), load_params(ROOT / "params.yaml").teacher.epochs  # the default run's
+    n, epochs = len(s.ds.train), composed_params()["teacher"]["epochs"]  # the default run's
     epoch_s = [n / v for v in tr["as built"]]
     rows = [
         ratio_row(f"1. teacher {t.arch} training FLOP rate in kd.loop.fit ({flops / 1e6:.1f} "

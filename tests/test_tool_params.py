@@ -49,3 +49,14 @@ def test_the_benchmarks_default_to_conf_not_to_the_working_copy(kept_elsewhere, 
     folder.mkdir()
     path = benchmarks_common.default_params(folder)  # benchmarks.numerics' and .contention's
     assert yaml.safe_load(path.read_text()) == composed() != kept_elsewhere
+
+
+def test_the_overheads_benchmarks_workspace_starts_from_conf(kept_elsewhere):
+    """benchmarks.overheads (and throughput, through it) time another dataset's stages with the
+    default run's params, not the kept experiment's T = 7."""
+    from benchmarks import overheads
+
+    p = overheads.workspace_params("digits", None, 1)
+    want = composed()
+    assert p["T"] == want["T"] != kept_elsewhere["T"]
+    assert (p["dataset"], p["teacher"]["epochs"], p["distill"]["epochs"]) == ("digits", 1, 1)
