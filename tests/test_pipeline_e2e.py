@@ -189,11 +189,12 @@ def test_another_loss_reruns_only_distill_and_report(repo, tmp_path, capsys):
     assert count(after, "distill") == count(before, "distill") + 1
     assert count(after, "teacher") == count(before, "teacher")
     (dkd,) = [r for r in pipeline_runs(after).values() if r.data.params.get("loss") == "dkd"]
+    # this project's conf/ holds tests.conftest.tiny_params' knobs (dkd_beta 8), not the shipped ones
     assert {k: v for k, v in dkd.data.params.items() if k.startswith(("dkd_", "ls_", "dist_"))
-            or k in ("T", "alpha")} == {"dkd_ce": "1.0", "dkd_alpha": "1.0", "dkd_beta": "1.0",
+            or k in ("T", "alpha")} == {"dkd_ce": "1.0", "dkd_alpha": "1.0", "dkd_beta": "8.0",
                                         "dkd_T": "4.0", "dkd_warmup": "0.0833"}
     report = (repo / "report/report.md").read_text()
-    assert "digits, dkd (ce 1, alpha 1, beta 1, T 4, warmup 0.0833), seed 0" in report
+    assert "digits, dkd (ce 1, alpha 1, beta 8, T 4, warmup 0.0833), seed 0" in report
     sweep_cli.main(["--repo", str(repo), "--out", str(tmp_path), "--losses"])
     md = (tmp_path / "losses.md").read_text()
     assert "| digits | KD (Hinton et al. 2015) |" in md and "| digits | DKD (Zhao et al. 2022) | 1 |" in md
