@@ -110,8 +110,8 @@ def headline(finals: dict[str, dict], student_agreement: float, distilled_agreem
     """The pipeline run's metrics: each model's validation accuracy (what settings are chosen on),
     test accuracy and errors, the gain, agreement. The distilled student's validation accuracy
     comes first: MLflow's compare view opens its parallel-coordinates chart on the first metric."""
-    out: dict[str, float] = {"distilled_val_acc": finals["distilled"]["val_acc"]}
-    for name in ("distilled", "student", "teacher"):
+    out: dict[str, float] = {}
+    for name in ("distilled", "student", "teacher"):  # distilled_val_acc first
         out[f"{name}_val_acc"] = finals[name]["val_acc"]
         out[f"{name}_test_acc"] = finals[name]["test_acc"]
         out[f"{name}_test_errors"] = finals[name]["test_errors"]

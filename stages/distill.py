@@ -72,10 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         ds.train = data.Split(ds.train.x[subset], ds.train.y[subset])
         # Cached logits are for un-augmented images: with augmentation the teacher runs online.
         online = p.distill.shift > 0 or p.distill.flip or p.distill.mixup > 0
-        teacher = (Teacher(p.T, p.alpha, t, model=training.load_checkpoint(args.teacher, dev)[0],
-                                setting=describe_loss(p))
-                   if online else Teacher(p.T, p.alpha, t, cached=soft["train"][subset],
-                                               setting=describe_loss(p)))
+        logits = ({"model": training.load_checkpoint(args.teacher, dev)[0]} if online
+                  else {"cached": soft["train"][subset]})
+        teacher = Teacher(p.T, p.alpha, t, setting=describe_loss(p), **logits)
 
         arch = resolve_arch(p.student.arch, p.dataset, "student")
         model = training.build_model(arch, p.student, ds)
