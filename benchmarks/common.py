@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from kd.reporting import markdown_table
+from kd.report.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -20,8 +20,8 @@ from torch import nn
 
 from benchmarks.common import sync
 from benchmarks.loops import Role, Setup, build, subset
-from kd import device as devices
-from kd import loop
+from kd.train import device as devices
+from kd.train import loop
 
 FORMATS = (torch.contiguous_format, torch.channels_last)
 
@@ -136,8 +136,8 @@ def optimizer_step_ms(s: Setup, r: Role, **sgd_kw) -> Callable[[int], float]:
 
 
 def eval_seconds(s: Setup, r: Role, batch: int) -> Callable[[int], float]:
-    """Seconds of the per-epoch evaluation kd.loop.fit does (validation and test splits), with
-    kd.loop.predict at this batch size (the argument is unused: an evaluation is one pass)."""
+    """Seconds of the per-epoch evaluation kd.train.loop.fit does (validation and test splits), with
+    kd.train.loop.predict at this batch size (the argument is unused: an evaluation is one pass)."""
     model = build(s, r)
     n_val, n_test = len(s.ds.val), len(s.ds.test)
     data = subset(s.ds, 1, max(n_val, n_test))

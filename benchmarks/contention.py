@@ -4,11 +4,11 @@ under OpenMP's default.
 
 On n cores beside k busy processes (pure-Python spin loops, as a neighbour's job would be), a
 process's fair share is its rate alone x n / (n + k); the target is at least 0.8 of it
-(kd/wait_policy.py says why threads that spin at every barrier lose that share). Contenders, each
+(kd/process/wait_policy.py says why threads that spin at every barrier lose that share). Contenders, each
 its own process because OpenMP reads its wait policy when torch loads it:
-  - stage: as every stage runs, `OMP_WAIT_POLICY=PASSIVE` (kd/wait_policy.py);
+  - stage: as every stage runs, `OMP_WAIT_POLICY=PASSIVE` (kd/process/wait_policy.py);
   - OpenMP's default: the variable unset (waiting threads spin for a while, then sleep).
-Both train with kd.loop.fit on Fashion-MNIST-shaped random images under portable numerics, at
+Both train with kd.train.loop.fit on Fashion-MNIST-shaped random images under portable numerics, at
 the thread count a stage takes alone. Each round starts the neighbours, lets every contender
 measure in turn, then stops them, so a load that comes and goes affects both alike; a share is
 computed from the same round's rate alone. Any OMP_WAIT_POLICY in the caller's environment is
@@ -41,13 +41,13 @@ def child(mode: str) -> None:
     that role's training samples/s, one line each."""
     if mode == "stage":
         wait_policy.prepare()  # as stages/__init__.py does, before anything imports torch
-    from kd import numerics
+    from kd.process import numerics
 
     numerics.set_portable_env()
     import torch
 
     from benchmarks import loops
-    from kd.params import load
+    from kd.config.params import load
 
     numerics.apply("portable")
     print("ready", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"), flush=True)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from benchmarks.common import Row, default_params, machine_lines, progress, table
-    from kd.params import ParamsError, load
+    from kd.config.params import ParamsError, load
 
     cores = len(os.sched_getaffinity(0))
     # The default params file; the contenders read it once they start, so it lives as long as main.

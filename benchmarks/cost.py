@@ -1,6 +1,6 @@
 """What each trained model costs to keep and to run, side by side in one process: parameters,
-FLOPs per image, weights size (kd/cost.py: functions of the architecture) and CPU latency at
-batch 1 and throughput at batch 256 (medians, kd/cost.py), for the checkpoints of the last
+FLOPs per image, weights size (kd/train/cost.py: functions of the architecture) and CPU latency at
+batch 1 and throughput at batch 256 (medians, kd/train/cost.py), for the checkpoints of the last
 `dvc repro`, and how much cheaper the student is than its teacher.
 
 The stages measure the same for their own model (MLflow, report/report.md), each while it
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine_lines, progress
-from kd import cost, training
-from kd.reporting import markdown_table
+from kd.report.tables import markdown_table
+from kd.train import cost, steps
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     nets = {}
     for label, name in MODELS:
-        net, ckpt = training.load_checkpoint(args.models / f"{name}.pt", torch.device("cpu"))
+        net, ckpt = steps.load_checkpoint(args.models / f"{name}.pt", torch.device("cpu"))
         nets[label] = (net, tuple(ckpt["in_shape"]), ckpt["arch"])
     sizes = {label: cost.size(net, shape) for label, (net, shape, _) in nets.items()}
     speeds: dict[str, list[dict]] = {label: [] for label in nets}

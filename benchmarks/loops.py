@@ -1,4 +1,4 @@
-"""The training loop as the benchmark runs it: `kd.loop.fit` itself, on a training split of
+"""The training loop as the benchmark runs it: `kd.train.loop.fit` itself, on a training split of
 exactly `batches` batches, timed by fit's own clock (`samples_per_s` counts the training steps
 only; the per-epoch evaluation is outside it). Contenders differ in the model they hand to fit
 (memory format, torch.compile), never in a copy of the loop.
@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from kd import device, loop, models
-from kd.data import Dataset, Split
-from kd.params import Model, Params, Train
+from kd.config.params import Model, Params, Train
+from kd.data.splits import Dataset, Split
+from kd.train import device, loop, nets
 
 
 @dataclass
@@ -59,7 +59,7 @@ def build(s: Setup, r: Role, memory_format: torch.memory_format = torch.channels
           ) -> nn.Module:
     """The model as the stages build it (channels-last), or in another `memory_format`."""
     torch.manual_seed(0)  # the same initial weights for every contender and repeat
-    return models.build(r.arch, s.ds.in_shape, s.ds.num_classes, r.model.input_dropout,
+    return nets.build(r.arch, s.ds.in_shape, s.ds.num_classes, r.model.input_dropout,
                         r.model.dropout, memory_format).to(s.dev)
 
 
@@ -72,7 +72,7 @@ def subset(ds: Dataset, n_train: int, n_eval: int = 256) -> Dataset:
 
 def fit_rate(s: Setup, r: Role, make: Callable[[], nn.Module] | None = None
              ) -> Callable[[int], float]:
-    """samples/s of kd.loop.fit over `batches` batches (fit's own clock), on the model `make`
+    """samples/s of kd.train.loop.fit over `batches` batches (fit's own clock), on the model `make`
     returns (default: built as the stages build it)."""
     def run(batches: int) -> float:
         model = make() if make else build(s, r)

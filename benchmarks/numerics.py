@@ -1,16 +1,16 @@
 """What reproducible numerics cost: training steps under `numerics: portable` against `native`.
 
 Each contender is its own process, because the kernel libraries read their settings when torch
-first computes (kd/numerics.py):
+first computes (kd/process/numerics.py):
   - native: no pins; oneDNN's and ATen's own threaded convolution and BatchNorm kernels, AVX-512
     where the CPU has it; bits that depend on the CPU and the thread count;
   - portable: the default; MKL, oneDNN and ATen pinned to AVX2 (MKL in strict mode), and the
-    fixed-order convolution gradients and BatchNorm sums of kd/fixed_order.py;
+    fixed-order convolution gradients and BatchNorm sums of kd/train/fixed_order.py;
   - portable, plain layers: the pins alone, with nn.Conv2d's and nn.BatchNorm2d's own kernels,
     to tell the pins' cost from the fixed-order layers' (not reproducible across thread counts,
     measured only to split the cost).
 Every contender runs channels-last, as the stages do.
-Each runs kd.loop.fit itself on the default teacher (cnn:32-64) and student (mlp:800-800) with
+Each runs kd.train.loop.fit itself on the default teacher (cnn:32-64) and student (mlp:800-800) with
 the params' batch size and optimiser knobs, on random 28x28 images (speed does not depend on the
 pixels). The params are the file given (--params) or else conf/ composed as `dvc exp run`
 composes it: the default run's, not whatever experiment the working copy's params.yaml holds.
@@ -40,7 +40,7 @@ from benchmarks.common import (
     table,
     vector_isa,
 )
-from kd.numerics import CUDA_ENV, PORTABLE_ENV
+from kd.process.numerics import CUDA_ENV, PORTABLE_ENV
 
 CONTENDERS = ("native", "portable", "portable-plain-layers")
 ROLES = {"teacher": "cnn:32-64", "student": "mlp:800-800"}
@@ -55,8 +55,9 @@ def child(mode: str) -> None:
     import torch
 
     from benchmarks import loops
-    from kd import fixed_order, numerics
-    from kd.params import load
+    from kd.config.params import load
+    from kd.process import numerics
+    from kd.train import fixed_order
 
     numerics.apply("native" if mode == "native" else "portable")
     if mode == "portable-plain-layers":  # oneDNN's and ATen's own threaded sums
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from kd.params import ParamsError, load
+    from kd.config.params import ParamsError, load
 
     with tempfile.TemporaryDirectory() as tmp:  # the default params file, read by each contender
         params = args.params or default_params(Path(tmp))

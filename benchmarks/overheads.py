@@ -115,9 +115,10 @@ def dvc_overheads(dataset: str, data_root: str | None, epochs: int) -> dict[str,
 # seconds of log_model and the model's URI.
 _LOG_MODEL = """import sys, time
 import torch, mlflow, mlflow.pytorch
-from kd import models
-net = models.build("cnn:32-64", (1, 28, 28), 10, 0.0, 0.3)
-model = models.Servable(net, torch.tensor([0.29]), torch.tensor([0.35])).eval()
+from kd.track import serving
+from kd.train import nets
+net = nets.build("cnn:32-64", (1, 28, 28), 10, 0.0, 0.3)
+model = serving.Servable(net, torch.tensor([0.29]), torch.tensor([0.35])).eval()
 mlflow.set_tracking_uri(sys.argv[1])
 with mlflow.start_run():
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ lock file) is not a stage and is not counted.
 
 Where the time goes, from each stage's MLflow run: the training steps (the epochs' own clocks),
 the per-epoch evaluation (validation and test after every epoch), the final scoring with the
-cost measurement (kd/cost.py), the logged model (MLflow's log_model), start-up (importing
+cost measurement (kd/train/cost.py), the logged model (MLflow's log_model), start-up (importing
 torch, MLflow and the stage: `python -m stages.<name> --help`, timed apart) and the rest (data
 loading, the run's bookkeeping, checkpoints, the report's figures).
 
@@ -111,7 +111,7 @@ def breakdown(walls: dict[str, float], p: dict[str, float], start: float) -> lis
                 f"{p['steps']:.0f} s", ratio=share(p["steps"])),
             Row("per-epoch evaluation (validation and test after every epoch)",
                 f"{p['epoch_eval']:.0f} s", ratio=share(p["epoch_eval"])),
-            Row("final scoring and the cost measurement (kd/cost.py)", f"{p['evaluate']:.0f} s",
+            Row("final scoring and the cost measurement (kd/train/cost.py)", f"{p['evaluate']:.0f} s",
                 ratio=share(p["evaluate"])),
             Row("logging the models (MLflow log_model)", f"{p['log_model']:.0f} s",
                 ratio=share(p["log_model"])),

@@ -2,7 +2,7 @@
 the default `dvc repro`, each stage's memory, and several experiments at once, as one table.
 
 Measures, side by side in one run (ratios are what count on a shared machine):
-  1. the default teacher's (cnn:32-64) training step in kd.loop.fit: its FLOP rate over the rate
+  1. the default teacher's (cnn:32-64) training step in kd.train.loop.fit: its FLOP rate over the rate
      the convolution and matrix-multiply kernels of its own layer shapes reach alone (target >=
      0.6); as built (channels-last) vs NCHW; SGD(fused=True) and
      torch.compile (not adopted); the per-epoch evaluation's share of an epoch and its batch size;
@@ -18,7 +18,7 @@ Measures, side by side in one run (ratios are what count on a shared machine):
      its share of the cores) and at `-j 2` with OMP_NUM_THREADS=2 (every stage takes all cores);
   with --tests: 5. `bash run.sh tests` and its quick loop `-m "not slow"`, timed.
 
-A GPU is used when there is one (kd.device.pick()); the kernels then run under the loop's bf16
+A GPU is used when there is one (kd.train.device.pick()); the kernels then run under the loop's bf16
 autocast. Seeds are fixed; absolute numbers follow the machine's load, printed at the top.
 
 Run: python benchmarks/throughput.py [--quick] [--pipeline] [--stages] [--queue] [--tests];
@@ -61,10 +61,11 @@ from benchmarks.common import (
     run_child,
     table,
 )
-from kd import data as kd_data
-from kd import device, loop, resources
+from kd.config.params import load as load_params
+from kd.data import splits as kd_data
 from kd.datasets import resolve_arch
-from kd.params import load as load_params
+from kd.process import cores
+from kd.train import device, loop
 from stages import download
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -147,7 +148,7 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
                 compiled["seconds"] = time.perf_counter() - t0
             return compiled["model"]
         fns["torch.compile"] = loops.fit_rate(s, t, make_compiled)
-    progress(f"teacher {t.arch}: kd.loop.fit as built / NCHW"
+    progress(f"teacher {t.arch}: kd.train.loop.fit as built / NCHW"
              f"{'' if args.quick else ' / torch.compile'}, its kernels alone, optimizer.step")
     tr = interleaved(fns, args.batches, args.warmup, args.repeats)
     er = interleaved({f"eval@{b}": compute.eval_seconds(s, t, b) for b in (loop.EVAL_BATCH, 4096)},
@@ -159,7 +160,7 @@ def teacher_rows(s: loops.Setup, args) -> list[Row]:
     n, epochs = len(s.ds.train), composed_params()["teacher"]["epochs"]  # the default run's
     epoch_s = [n / v for v in tr["as built"]]
     rows = [
-        ratio_row(f"1. teacher {t.arch} training FLOP rate in kd.loop.fit ({flops / 1e6:.1f} "
+        ratio_row(f"1. teacher {t.arch} training FLOP rate in kd.train.loop.fit ({flops / 1e6:.1f} "
                   f"MFLOP a sample) vs its conv + GEMM kernels alone, {kind}, batch "
                   f"{t.train.batch_size}", achieved, [flops * v / 1e9 for v in tr["kernels"]],
                   "GFLOP/s", 0.6),
@@ -238,7 +239,7 @@ def dvc_rows(args) -> list[Row]:
 def queue_rows(args) -> list[Row]:
     """Item 6: four queued experiments, at one and two jobs."""
     settings = {"-j 1": (1, {}), "-j 2": (2, {}),
-                "-j 2, all cores each": (2, {"OMP_NUM_THREADS": str(resources.cores())})}
+                "-j 2, all cores each": (2, {"OMP_NUM_THREADS": str(cores.cores())})}
     q = overheads.queued_experiments("fashion-mnist", args.data_root, 3, settings)
     return [Row("6. four queued experiments (Fashion-MNIST, distill 3 epochs): -j 2 vs -j 1",
                 f"{q['-j 2']:.0f} s", f"{q['-j 1']:.0f} s", f"{q['-j 2'] / q['-j 1']:.2f}"),

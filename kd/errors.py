@@ -1,4 +1,4 @@
-"""The one base class of the failures a stage reports as a one-line message (see kd/cli.py)."""
+"""The one base class of the failures a stage reports as a one-line message (see kd/process/cli.py)."""
 
 
 class PipelineError(RuntimeError):

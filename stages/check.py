@@ -7,9 +7,9 @@ that stage costs its previous outputs. This stage lists the whole file: any chan
 (every `-S`) runs it first, and every other stage depends on its output, so a bad params.yaml or
 experiment name (exit status 2) or an unreachable or read-only MLflow store (exit status 1) stops
 the pipeline here, in seconds, before anything else is touched. It also records the params
-file's bytes for the stages after it (kd/params_watch.py). When it does not run (no params
+file's bytes for the stages after it (kd/process/params_watch.py). When it does not run (no params
 changed), each stage makes the same name and store checks before it trains, and a stage that
-fails puts its previous outputs back (kd/keep.py).
+fails puts its previous outputs back (kd/process/restore_outputs.py).
 
 The output's content never changes, so a valid change reruns only the stages whose params it
 touched. Run: python -m stages.check
@@ -17,9 +17,10 @@ touched. Run: python -m stages.check
 
 from __future__ import annotations
 
-from kd import cli, io, params_watch, store
+from kd.process import cli, files, params_watch
+from kd.track import store
 
-OK = "params.yaml passed the checks of kd/params.py\n"
+OK = "params.yaml passed the checks of kd/config/params.py\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         if store.enabled():
             store.probe()
         params_watch.record(args.params)
-        io.write_text(args.out, OK)
+        files.write_text(args.out, OK)
     print(f"check: {args.params} is valid")
 
 

@@ -1,6 +1,6 @@
 """Stage 5: train the student network on the teacher's soft targets.
 
-The loss is distill.loss's whole training loss (kd/losses.py): kd, Hinton et al. (2015) eq. 2,
+The loss is distill.loss's whole training loss (kd/losses/__init__.py): kd, Hinton et al. (2015) eq. 2,
 alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y); or one
 of its successors dkd, ls and dist, each as its authors combine it with the cross-entropy.
 
@@ -26,21 +26,24 @@ from pathlib import Path
 
 import torch
 
-from kd import cli, data, device, distributed, io, lineage, loop, metrics, runs, tracking, training, transfer
+from kd.config.params import describe_loss, loss_settings, other_losses_keys
+from kd.data import splits
 from kd.datasets import resolve_arch
 from kd.errors import PipelineError
-from kd.params import describe_loss, loss_settings, other_losses_keys
-from kd.teaching import Teacher
+from kd.process import cli, distributed, files
+from kd.track import lineage, lookup, mlflow_runs
+from kd.train import device, loop, metrics, steps, transfer
+from kd.train.teaching import Teacher
 
 
-def check_lineage(soft: dict, path: Path, teacher: Path, ds: data.Dataset) -> None:
+def check_lineage(soft: dict, path: Path, teacher: Path, ds: splits.Dataset) -> None:
     """Cached logits are only the teacher's for the rows they were computed on, by the checkpoint
     that computed them: refuse any other pairing."""
     if soft["split"] != ds.lineage() or len(soft["train"]) != len(ds.train):
         raise PipelineError(f"{path}: soft targets were computed on another split "
                             f"({soft['split']}, not {ds.lineage()}); run the soft_targets stage")
     made_by = soft["teacher_sha256"]
-    if made_by != io.file_sha256(teacher):
+    if made_by != files.file_sha256(teacher):
         raise PipelineError(f"{path}: soft targets were made by another teacher checkpoint "
                             f"(sha256 {made_by[:12]}..., not {teacher}'s); run the soft_targets stage")
 
@@ -59,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(p.seed)
         dev = device.pick()
         folder = Path(args.data or f"data/{p.dataset}")
-        ds = data.load(folder).to(dev)
-        soft = io.load_torch(args.soft_targets, ("train", "val", "test", "dataset",
+        ds = splits.load(folder).to(dev)
+        soft = files.load_torch(args.soft_targets, ("train", "val", "test", "dataset",
                                                  "teacher_sha256", "split"),
                              "soft-targets file", map_location=dev)
         check_lineage(soft, args.soft_targets, args.teacher, ds)
@@ -69,35 +72,35 @@ def main(argv: list[str] | None = None) -> None:
         subset = transfer.transfer_indices(ds.train.y, t.omit_classes, t.keep_classes, t.fraction,
                                            p.seed).to(dev)
         missing = transfer.absent_classes(ds.train.y, subset, ds.num_classes)
-        ds.train = data.Split(ds.train.x[subset], ds.train.y[subset])
+        ds.train = splits.Split(ds.train.x[subset], ds.train.y[subset])
         # Cached logits are for un-augmented images: with augmentation the teacher runs online.
         online = p.distill.shift > 0 or p.distill.flip or p.distill.mixup > 0
-        logits = ({"model": training.load_checkpoint(args.teacher, dev)[0]} if online
+        logits = ({"model": steps.load_checkpoint(args.teacher, dev)[0]} if online
                   else {"cached": soft["train"][subset]})
         teacher = Teacher(p.T, p.alpha, t, setting=describe_loss(p), **logits)
 
         arch = resolve_arch(p.student.arch, p.dataset, "student")
-        model = training.build_model(arch, p.student, ds)
-        training.announce("distill", arch, model, ds, p.distill)
-        out = training.Outputs("distilled", args.model, args.metrics, args.plots)
-        settings = {k: v for k, v in training.run_params(p, arch, p.student, p.distill).items()
+        model = steps.build_model(arch, p.student, ds)
+        steps.announce("distill", arch, model, ds, p.distill)
+        out = steps.Outputs("distilled", args.model, args.metrics, args.plots)
+        settings = {k: v for k, v in steps.run_params(p, arch, p.student, p.distill).items()
                     if k not in other_losses_keys(p.distill)} | loss_settings(p)
-        with tracking.stage_run("distill", p.dataset, settings, tags={
-                "teacher_run_id": runs.run_of(args.teacher),
+        with mlflow_runs.stage_run("distill", p.dataset, settings, tags={
+                "teacher_run_id": lookup.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
             run.log_splits(folder, p.dataset)
             fit = loop.fit(model, ds, p.distill, seed=p.seed, teacher=teacher,
                            max_norm=p.student.max_norm, run=run, label="distill")
             correction = transfer.correct_bias(model, ds, missing, t.bias_correction)
-            result = training.evaluate(model, ds, fit)
+            result = steps.evaluate(model, ds, fit)
             result.summary.update(transfer_images=len(subset), **correction,
                                   agreement=metrics.agreement(result.test_logits, soft["test"]))
-            training.save(run, out, model, arch, p.student, ds, result, register_tags={
+            steps.save(run, out, model, arch, p.student, ds, result, register_tags={
                 "experiment": lineage.experiment_name(), "dataset": p.dataset, "seed": p.seed,
                 **loss_settings(p),
                 "val_acc": round(result.summary["val_acc"], 6),  # what picks the one to ship
                 "test_acc": round(result.summary["test_acc"], 6), "run_id": run.run_id})
-        training.conclude("distill", result, fit)
+        steps.conclude("distill", result, fit)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from kd import cli, data, sources, tracking
+from kd.data import sources, splits
+from kd.process import cli
+from kd.track import mlflow_runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,14 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.params_or_exit(args.params)
     out = Path(args.out or f"data/{p.dataset}")
 
-    with cli.friendly_errors(), tracking.stage_run(
+    with cli.friendly_errors(), mlflow_runs.stage_run(
             "download", p.dataset, {"dataset": p.dataset, "data": asdict(p.data)}) as run:
         t0 = time.perf_counter()
         raw = sources.fetch(p.dataset, p.data.root, Path(args.cache))
-        train, val = data.split_off_validation(raw.train_x, raw.train_y, p.data.val_fraction,
+        train, val = splits.split_off_validation(raw.train_x, raw.train_y, p.data.val_fraction,
                                                p.data.split_seed)
-        test = data.Split(raw.test_x, raw.test_y)
-        data.save(out, p.dataset, train, val, test, raw.classes,
+        test = splits.Split(raw.test_x, raw.test_y)
+        splits.save(out, p.dataset, train, val, test, raw.classes,
                   {"source": raw.source, "checksums": raw.checksums,
                    "split": {"split_seed": p.data.split_seed, "val_fraction": p.data.val_fraction}})
         seconds = time.perf_counter() - t0

@@ -1,49 +1,33 @@
 """Stage 6: compare teacher, student baseline and distilled student; make the pipeline run.
 
 Reads metrics/{teacher,student,distilled}.json, the three checkpoints (their test logits, for
-per-class errors and agreement with the teacher; their MLflow run ids), the test labels and
-plots/*.csv. Writes report/report.md (tables) and report/accuracy.png (test accuracy per epoch,
-the selected epoch of each model marked) and report/cost.png (test accuracy against FLOPs per
-image: the three models, and the distilled students of every other experiment in the MLflow
-store on this dataset, by loss), and makes this execution's *pipeline run* in MLflow:
+per-class errors and agreement with the teacher), the test labels and plots/*.csv: the files
+dvc.yaml declares, and nothing else, so its files are the same for the same inputs on any machine
+and store. Writes report/report.md (tables), report/accuracy.png (test accuracy per epoch, the
+selected epoch of each model marked) and report/cost.png (test accuracy against FLOPs per image),
+and makes this execution's *pipeline run* in MLflow:
 named after the DVC experiment, it holds the loss and its settings (T and alpha for kd), seed, dataset, preset
 and the architectures as params, the three test accuracies and errors, the gain and the agreement
 as metrics, and the ids of the stage runs whose models it reports (also when DVC skipped those
-stages and their runs are older). Run: python -m stages.report
+stages and their runs are older; found in the store by the checkpoints' bytes, they go to the run
+alone). Comparing experiments: `python -m tools.compare`, `python -m tools.sweep`, MLflow's
+compare view. Run: python -m stages.report
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kd import cli, cost, data, io, lineage, metrics, models, params_watch, reporting, runs, tracking
-from kd.params import describe_loss, loss_settings
+from kd.config.params import describe_loss, loss_settings
+from kd.data import splits
+from kd.process import cli, files, params_watch
+from kd.report import figures, tables
+from kd.track import lineage, lookup, mlflow_runs
+from kd.train import metrics
 
 MODELS = (("teacher", "teacher"), ("student baseline", "student"), ("distilled student", "distilled"))
 CHECKPOINT_KEYS = ("arch", "params", "class_names", "test_logits")  # what the report reads
 RUN_OF = {"teacher": "teacher_run_id", "student": "student_run_id", "distilled": "distill_run_id"}
-
-
-def other_students(dataset: str, ds: data.Dataset, this_run: str | None) -> list[dict]:
-    """Every other finished distill run on `dataset` in the MLflow store: its loss, test accuracy
-    and FLOPs per image (recorded, or, for runs from before kd/cost.py, counted from its `arch`)."""
-    flops_of: dict[str, int] = {}
-    out = []
-    for r in runs.finished_runs("distill", dataset):
-        arch, flops = r.data.params.get("arch"), r.data.metrics.get("flops_per_image")
-        if r.info.run_id == this_run or "test_acc" not in r.data.metrics or not (flops or arch):
-            continue
-        if flops is None:
-            if arch not in flops_of:
-                try:
-                    net = models.build(arch, ds.in_shape, ds.num_classes)
-                except ValueError:  # an architecture this code no longer builds
-                    continue
-                flops_of[arch] = cost.size(net, ds.in_shape)["flops_per_image"]
-            flops = flops_of[arch]
-        out.append({"loss": r.data.params.get("loss", "kd"), "flops_per_image": flops,
-                    "test_acc": r.data.metrics["test_acc"]})
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,50 +41,47 @@ def main(argv: list[str] | None = None) -> None:
     p = cli.params_or_exit(args.params)
 
     with cli.friendly_errors():
-        ds = data.load(Path(args.data or f"data/{p.dataset}"))
+        ds = splits.load(Path(args.data or f"data/{p.dataset}"))
         labels = ds.test.y
         finals, ckpts, histories = {}, {}, {}
         for label, name in MODELS:
-            finals[name] = io.load_json(args.metrics_dir / f"{name}.json", "metrics file")
-            ckpts[name] = io.load_torch(args.models_dir / f"{name}.pt", CHECKPOINT_KEYS,
-                                        "model checkpoint")
-            histories[label] = reporting.read_history(args.plots_dir / f"{name}.csv")
+            finals[name] = files.load_json(args.metrics_dir / f"{name}.json", "metrics file")
+            ckpts[name] = files.load_torch(args.models_dir / f"{name}.pt", CHECKPOINT_KEYS,
+                                           "model checkpoint")
+            histories[label] = tables.read_history(args.plots_dir / f"{name}.csv")
         teacher_logits = ckpts["teacher"]["test_logits"]
         # The runs that wrote these very checkpoints (found by their bytes: a killed or failed
         # run never wrote one), also when DVC skipped their stages this time.
-        run_ids = {RUN_OF[name]: runs.run_of(args.models_dir / f"{name}.pt")
+        run_ids = {RUN_OF[name]: lookup.run_of(args.models_dir / f"{name}.pt")
                    for _, name in MODELS}
         rows = [{"name": label, "arch": ckpts[name]["arch"], "params": ckpts[name]["params"],
                  **finals[name], "agreement": None if name == "teacher"
-                 else metrics.agreement(ckpts[name]["test_logits"], teacher_logits),
-                 **{k: v for k, v in runs.run_metrics(run_ids[RUN_OF[name]]).items()
-                    if k in reporting.TIMINGS}}
+                 else metrics.agreement(ckpts[name]["test_logits"], teacher_logits)}
                 for label, name in MODELS]
         per_class = {label: metrics.per_class_errors(ckpts[name]["test_logits"], labels,
                                                      len(ckpts[name]["class_names"]))
                      for label, name in MODELS}
-        headline = reporting.headline(finals, rows[1]["agreement"], rows[2]["agreement"])
-        experiment = lineage.experiment_name()
-        md = reporting.report_markdown(p, experiment, rows, headline, finals["distilled"],
-                                       ckpts["teacher"]["class_names"], per_class)
-        png = reporting.accuracy_png(
+        headline = tables.headline(finals, rows[1]["agreement"], rows[2]["agreement"])
+        md = tables.report_markdown(p, rows, headline, finals["distilled"],
+                                    ckpts["teacher"]["class_names"], per_class)
+        png = figures.accuracy_png(
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
             f"{p.dataset}: test accuracy per epoch (loss {describe_loss(p)}, seed {p.seed})")
-        others = other_students(p.dataset, ds, run_ids["distill_run_id"])
-        cost_png = reporting.cost_png(rows, others, f"{p.dataset}: accuracy against compute")
+        cost_png = figures.cost_png(rows, f"{p.dataset}: accuracy against compute")
+        experiment = lineage.experiment_name()
         params = {"experiment": experiment, "dataset": p.dataset, "preset": p.preset,
                   "seed": p.seed, **loss_settings(p),
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}
         params_watch.unchanged()
-        with tracking.stage_run("report", p.dataset, params, tags=run_ids, run_name=experiment,
-                                run_type="pipeline") as run:
+        with mlflow_runs.stage_run("report", p.dataset, params, tags=run_ids, run_name=experiment,
+                                   run_type="pipeline") as run:
             run.log_summary(headline)
             run.log_file("report.md", md)
             run.log_file("accuracy.png", png)
             run.log_file("cost.png", cost_png)
-            io.write_files({args.out / "report.md": md, args.out / "accuracy.png": png,
-                            args.out / "cost.png": cost_png})
+            files.write_files({args.out / "report.md": md, args.out / "accuracy.png": png,
+                               args.out / "cost.png": cost_png})
     print(md)
 
 

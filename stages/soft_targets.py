@@ -15,7 +15,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kd import cli, data, device, distributed, io, loop, metrics, runs, tracking, training
+from kd.data import splits
+from kd.process import cli, distributed, files
+from kd.track import lookup, mlflow_runs
+from kd.train import device, loop, metrics, steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,11 +31,11 @@ def main(argv: list[str] | None = None) -> None:
 
     with cli.friendly_errors(), distributed.session():
         dev = device.pick()
-        ds = data.load(Path(args.data or f"data/{p.dataset}")).to(dev)
-        teacher, _ = training.load_checkpoint(args.teacher, dev)
+        ds = splits.load(Path(args.data or f"data/{p.dataset}")).to(dev)
+        teacher, _ = steps.load_checkpoint(args.teacher, dev)
         settings = {"dataset": p.dataset, "world_size": distributed.world_size()}
-        with tracking.stage_run("soft_targets", p.dataset, settings,
-                                tags={"teacher_run_id": runs.run_of(args.teacher)}) as run:
+        with mlflow_runs.stage_run("soft_targets", p.dataset, settings,
+                                tags={"teacher_run_id": lookup.run_of(args.teacher)}) as run:
             t0 = time.perf_counter()
             # Under torchrun each rank scores a block of rows; every rank gets them all, in order.
             logits = {s: loop.predict(teacher, getattr(ds, s), ds).cpu()
@@ -44,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                        **metrics.scores(logits["test"], ds.test.y, "test")}
             run.log_summary(summary)  # MLflow first: a failure there leaves the old file
             if distributed.is_main():
-                io.save_torch(args.out, {**logits, "dataset": p.dataset,
-                                         "teacher_sha256": io.file_sha256(args.teacher),
+                files.save_torch(args.out, {**logits, "dataset": p.dataset,
+                                         "teacher_sha256": files.file_sha256(args.teacher),
                                          "split": ds.lineage()})
     print(f"soft_targets: {n:,} images through the teacher in {seconds:.1f}s; teacher transfer-set "
           f"accuracy {summary['transfer_acc']:.4f} -> {args.out}")

@@ -1,10 +1,10 @@
 """Stage 3: train the student baseline, the small model alone, with plain cross-entropy (see
-kd/supervised.py). Run: python -m stages.student
+kd/train/supervised.py). Run: python -m stages.student
 """
 
 from functools import partial
 
-from kd import supervised
+from kd.train import supervised
 
 main = partial(supervised.main, "student", __doc__)
 

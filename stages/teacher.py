@@ -1,10 +1,10 @@
 """Stage 2: train the teacher (the big, regularised model) with plain cross-entropy (see
-kd/supervised.py). Run: python -m stages.teacher
+kd/train/supervised.py). Run: python -m stages.teacher
 """
 
 from functools import partial
 
-from kd import supervised
+from kd.train import supervised
 
 main = partial(supervised.main, "teacher", __doc__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd import numerics, wait_policy
+from kd.process import numerics, wait_policy
 
 # Before torch computes anything in this process: the tests run under portable numerics, as the
 # stages do (stages/__init__.py), whatever the working copy's params.yaml says, and their idle

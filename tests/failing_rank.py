@@ -7,7 +7,7 @@ Run: torchrun --standalone --nproc-per-node 2 tests/failing_rank.py
 
 import os
 
-from kd import loop
+from kd.train import loop
 from stages import teacher
 
 _predict = loop.predict
@@ -19,5 +19,5 @@ def predict(*args, **kwargs):
     return _predict(*args, **kwargs)
 
 
-loop.predict = predict  # kd.loop.fit looks the name up when it evaluates each epoch
+loop.predict = predict  # kd.train.loop.fit looks the name up when it evaluates each epoch
 teacher.main()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kd.sources import SYSTEM_DIRS
+from kd.data.sources import SYSTEM_DIRS
 from tests.conftest import ROOT, tiny_params, write_params
 
 

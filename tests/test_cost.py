@@ -1,14 +1,15 @@
-"""kd/cost.py: a model's size and FLOPs against counts made by hand from its architecture, and
+"""kd/train/cost.py: a model's size and FLOPs against counts made by hand from its architecture, and
 its speed measurement's shape (timings themselves are the benchmarks' business)."""
 
 import pytest
 import torch
 
-from kd import cost, io, models
+from kd.process import files
+from kd.train import cost, nets
 
 
 def _mnist_model(arch: str):
-    return models.build(arch, (1, 28, 28), 10, 0.0, 0.0)
+    return nets.build(arch, (1, 28, 28), 10, 0.0, 0.0)
 
 
 def test_default_student_mlp_800_800_counted_by_hand():
@@ -27,7 +28,7 @@ def test_default_teacher_cnn_32_64_counted_by_hand():
 def test_size_is_the_saved_state_dict_and_near_four_bytes_a_parameter():
     model = _mnist_model("mlp:800-800")
     got = cost.size(model, (1, 28, 28))["size_bytes"]
-    assert got == len(io.torch_bytes(model.state_dict()))
+    assert got == len(files.torch_bytes(model.state_dict()))
     assert 4 * 1_276_810 < got < 4 * 1_276_810 + 16_384  # float32 plus the archive's headers
 
 

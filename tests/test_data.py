@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from kd import data
-from kd.data import Split, normalize, random_flip, random_shift, split_off_validation
+from kd.data import splits
+from kd.data.splits import Split, normalize, random_flip, random_shift, split_off_validation
 
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
@@ -25,8 +25,8 @@ def test_save_and_load_round_trip(tmp_path):
     x = torch.randint(0, 256, (12, 1, 4, 4), dtype=torch.uint8)
     y = torch.arange(12) % 3
     s = Split(x, y)
-    data.save(tmp_path / "ds", "digits", s, s, s, ("a", "b", "c"), {"source": "test"})
-    ds = data.load(tmp_path / "ds")
+    splits.save(tmp_path / "ds", "digits", s, s, s, ("a", "b", "c"), {"source": "test"})
+    ds = splits.load(tmp_path / "ds")
     assert torch.equal(ds.train.x, x) and ds.classes == ("a", "b", "c") and ds.in_shape == (1, 4, 4)
     meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
     assert meta["sizes"] == {"train": 12, "val": 12, "test": 12}
@@ -35,7 +35,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_normalize_gives_zero_mean_unit_std():
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    mean, std = data.channel_stats(x)
+    mean, std = splits.channel_stats(x)
     z = normalize(x, mean, std)
     assert z.dtype == torch.float32
     torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)

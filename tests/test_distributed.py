@@ -1,4 +1,4 @@
-"""Data-parallel stages under torchrun: 2 CPU ranks with gloo on digits (kd/distributed.py).
+"""Data-parallel stages under torchrun: 2 CPU ranks with gloo on digits (kd/process/distributed.py).
 
 One torchrun per stage, as dvc.yaml's `${launch} -m stages.<name>` starts it, compared with the
 same stage run in one process on the same data and teacher.
@@ -15,8 +15,8 @@ import mlflow
 import pytest
 import torch
 
-from kd import distributed
-from kd.distributed import TIMEOUT
+from kd.process import distributed
+from kd.process.distributed import TIMEOUT
 from tests.conftest import ROOT, hash_tree, metrics_file, project, run_stage, tiny_params, write_params
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

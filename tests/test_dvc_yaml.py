@@ -13,6 +13,23 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 LAUNCH = {name: "${launch}" for name in ("teacher", "student", "soft_targets", "distill")}
 
 
+def _module_files(name: str) -> list[Path]:
+    """The files that importing dotted `name` runs: each package's __init__.py that holds code (an
+    empty one changes nothing), then the module itself; [] for a name that is not the project's."""
+    parts, found = name.split("."), []
+    for i in range(1, len(parts) + 1):
+        base = ROOT.joinpath(*parts[:i])
+        init = base / "__init__.py"
+        if init.is_file():
+            if init.read_text().strip():
+                found.append(init)
+        elif base.with_suffix(".py").is_file() and i == len(parts):
+            found.append(base.with_suffix(".py"))
+        elif not base.is_dir():
+            return found if i > 1 and i == len(parts) else []  # `from pkg import a_function`
+    return found
+
+
 def local_imports(path: Path, seen: set[Path] | None = None) -> set[Path]:
     """The project's own modules that `path` imports, transitively (paths relative to ROOT)."""
     seen = set() if seen is None else seen
@@ -23,8 +40,7 @@ def local_imports(path: Path, seen: set[Path] | None = None) -> set[Path]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         for name in names:
-            candidate = ROOT / (name.replace(".", "/") + ".py")
-            if candidate.is_file() and candidate.name != "__init__.py":
+            for candidate in _module_files(name):
                 rel = candidate.relative_to(ROOT)
                 if rel not in seen:
                     seen.add(rel)
@@ -56,9 +72,9 @@ def test_metrics_and_plots_are_git_tracked_not_cached():
 
 
 def test_a_loss_change_reruns_only_distillation():
-    """kd/losses.py (every distillation loss) is read by the distill stage alone: the training
-    loop that the teacher and student run takes its cross-entropy from kd/cross_entropy.py."""
-    readers = {n for n, s in DVC["stages"].items() if "kd/losses.py" in s["deps"]}
+    """kd/losses/__init__.py (every distillation loss) is read by the distill stage alone: the training
+    loop that the teacher and student run takes its cross-entropy from kd/train/cross_entropy.py."""
+    readers = {n for n, s in DVC["stages"].items() if "kd/losses/__init__.py" in s["deps"]}
     assert readers == {"distill"}
 
 
@@ -67,6 +83,6 @@ def test_the_distilled_student_depends_on_the_students_network_not_its_training(
     so `-S student.lr=...` reruns the student baseline but not distillation."""
     from dataclasses import fields
 
-    from kd.params import Model
+    from kd.config.params import Model
     student = {p for p in DVC["stages"]["distill"]["params"] if str(p).startswith("student")}
     assert student == {f"student.{f.name}" for f in fields(Model)}

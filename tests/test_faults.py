@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import torch
 
-from kd import runs as lookup
+from kd.track import lookup as lookup
 from stages import check, distill, report, soft_targets, teacher
 from tests.conftest import ROOT, fails_cleanly, run_stage, tiny_params, write_params
 

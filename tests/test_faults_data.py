@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from kd import data, sources
-from kd.io import torch_bytes
+from kd.data import sources, splits
+from kd.process.files import torch_bytes
 from stages import download, teacher
 from tests import rawfiles as raw_files
 from tests.conftest import fails_cleanly, tiny_params, write_params
@@ -120,7 +120,7 @@ def test_download_reads_the_unbroken_inputs(workdir, monkeypatch, setup):
     """The faults below are the only thing wrong with their inputs."""
     setup(workdir, monkeypatch)
     download.main([])
-    assert data.load(workdir / "data" / ("mnist" if setup is idx_root else "cifar10")).test.y.numel()
+    assert splits.load(workdir / "data" / ("mnist" if setup is idx_root else "cifar10")).test.y.numel()
 
 
 @pytest.mark.parametrize("fault", [
@@ -136,12 +136,12 @@ def test_download_refuses_broken_raw_data(workdir, monkeypatch, capsys, fault):
     assert not escaped.exists()
 
 
-# --- teacher (kd.data.load): a broken prepared folder -------------------------------------------
+# --- teacher (kd.data.splits.load): a broken prepared folder -------------------------------------------
 
 
 def prepared(folder):
-    s = data.Split(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), torch.arange(6) % 2)
-    data.save(folder, "digits", s, s, s, ("a", "b"), {})
+    s = splits.Split(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), torch.arange(6) % 2)
+    splits.save(folder, "digits", s, s, s, ("a", "b"), {})
 
 
 @pytest.mark.parametrize("file,content", [
@@ -170,4 +170,4 @@ def test_teacher_refuses_broken_prepared_data(workdir, capsys, file, content):
 
 def test_prepared_folder_is_readable_unbroken(workdir):
     prepared(workdir / "prepared")
-    assert len(data.load(workdir / "prepared").train) == 6
+    assert len(splits.load(workdir / "prepared").train) == 6

@@ -28,7 +28,7 @@ def test_stages_train_on_the_gpu_with_bf16(workdir, monkeypatch):
 
 
 def test_autocast_is_bf16_on_cuda():
-    from kd import device
+    from kd.train import device
 
     with device.autocast(torch.device("cuda")):
         y = torch.nn.Linear(4, 4).cuda()(torch.randn(2, 4, device="cuda"))
@@ -36,7 +36,7 @@ def test_autocast_is_bf16_on_cuda():
 
 
 def test_portable_numerics_repeat_their_bytes_on_the_gpu(tmp_path, monkeypatch):
-    """Deterministic algorithms (kd/numerics.py): the same stages twice on one card write the
+    """Deterministic algorithms (kd/process/numerics.py): the same stages twice on one card write the
     same files, convolutions, pooling and the online teacher under bf16 included."""
     monkeypatch.setenv("KD_TRACKING", "off")
     raw = tiny_params()

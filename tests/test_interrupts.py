@@ -5,7 +5,7 @@ experiment name. Each asserts the exit status, the one line, the outputs kept, n
 RUNNING and no stage process left behind.
 
 The tests share one temporary git repository holding a copy of the project (digits, one epoch per
-model, kd/interrupt.py's docstring says why a stage watches `dvc`); a long teacher (LONG) gives
+model, kd/process/interrupt.py's docstring says why a stage watches `dvc`); a long teacher (LONG) gives
 each test time to stop it mid-training.
 """
 
@@ -322,7 +322,7 @@ def test_a_server_lost_mid_training_is_given_up_on_with_one_line(clean, tmp_path
 
 def test_a_second_exp_run_in_the_workspace_stops_the_first_before_it_registers(clean):
     """The second `dvc exp run` writes its -S into params.yaml, then finds DVC's lock taken; the
-    first, training its student, then stops before registering it (kd/params_watch.py)."""
+    first, training its student, then stops before registering it (kd/process/params_watch.py)."""
     repo = clean
     began = time.time()
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")

@@ -11,7 +11,7 @@ import sys
 import mlflow
 import pytest
 
-from kd import lineage, tracking
+from kd.track import lineage, run_ends
 
 
 def dead_process() -> str:
@@ -103,7 +103,7 @@ def test_only_runs_of_dead_processes_of_this_boot_and_namespace_are_closed(clien
         runs[name] = run.info.run_id
         models[name] = client.create_logged_model(exp, source_run_id=run.info.run_id).model_id
 
-    tracking._close_dead_runs(client, exp)
+    run_ends.close_dead_runs(client, exp)
 
     closed = {"dead", "dead, under another host name"}
     assert {name: (client.get_run(runs[name]).info.status,
@@ -116,7 +116,7 @@ def test_without_proc_no_run_is_closed(client, monkeypatch):
     exp = client.create_experiment("no-proc")
     run = client.create_run(exp, tags={"host": socket.gethostname(), "process": dead_process()})
     monkeypatch.setattr(lineage, "_pid_namespace", lambda: "")
-    tracking._close_dead_runs(client, exp)
+    run_ends.close_dead_runs(client, exp)
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
 
 
@@ -131,7 +131,7 @@ def test_staging_folders_of_dead_processes_alone_are_removed(tmp_path, monkeypat
         folders = {p: tmp_path / ".tmp" / f"mlflow-{p.replace(':', '_')}" for p in [dead, *kept]}
         for folder in folders.values():
             folder.mkdir(parents=True)
-        mine = tracking._staging_dir()
+        mine = run_ends.staging_dir()
         assert not folders[dead].exists()
         assert all(folders[p].is_dir() for p in kept)
         assert mine.name == f"mlflow-{lineage.process_id().replace(':', '_')}" and mine.is_dir()

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from kd import data, loop, transfer
-from kd.loop import optimizer
-from kd.params import Train, validate
+from kd.config.params import Train, validate
+from kd.data import splits
+from kd.train import loop, transfer
+from kd.train.loop import optimizer
 from tests.conftest import tiny_params
 
 
@@ -61,14 +62,14 @@ class Scaled(nn.Module):
         return self.s.exp() * x.flatten(1)[:, :self.classes]
 
 
-def tiny_dataset(n: int = 64, classes: int = 4) -> data.Dataset:
+def tiny_dataset(n: int = 64, classes: int = 4) -> splits.Dataset:
     gen = torch.Generator().manual_seed(0)
 
-    def split() -> data.Split:
-        return data.Split(torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=gen),
+    def split() -> splits.Split:
+        return splits.Split(torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=gen),
                           torch.randint(0, classes, (n,), generator=gen))
 
-    return data.Dataset("tiny", split(), split(), split(), tuple(map(str, range(classes))),
+    return splits.Dataset("tiny", split(), split(), split(), tuple(map(str, range(classes))),
                         torch.tensor([0.5]), torch.tensor([0.3]))
 
 
@@ -84,7 +85,7 @@ class Recorder:
 
 def test_of_tied_validation_accuracies_the_first_epoch_is_kept():
     """The earliest epoch reaching the best validation accuracy: a later one that only ties it
-    was not chosen by anything (kd/loop.py's docstring; best_epoch in the metrics files)."""
+    was not chosen by anything (kd/train/loop.py's docstring; best_epoch in the metrics files)."""
     torch.manual_seed(0)
     model, ds = Scaled(4), tiny_dataset()
     cfg = replace(train_cfg(0.9), epochs=3, batch_size=16, lr=0.5)
@@ -103,7 +104,7 @@ def test_the_largest_seeds_params_allow_run_through_the_code_that_seeds():
     raw["seed"], raw["data"]["split_seed"] = 2**63 - 1, 2**64 - 1
     p = validate(raw)  # the highest values it allows (tests/test_params.py: one more is refused)
     ds = tiny_dataset()
-    train, val = data.split_off_validation(ds.train.x, ds.train.y, 0.25, p.data.split_seed)
+    train, val = splits.split_off_validation(ds.train.x, ds.train.y, 0.25, p.data.split_seed)
     assert len(train) + len(val) == len(ds.train)
     assert len(transfer.transfer_indices(ds.train.y, (), (), 0.5, p.seed)) < len(ds.train)
     cfg = replace(train_cfg(0.9), epochs=1, batch_size=16, mixup=0.5)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from kd import losses, params
+from kd import losses
+from kd.config import params
 from kd.losses import distillation_loss, soft_loss
 from tests.conftest import ROOT, tiny_params
 
@@ -77,7 +78,7 @@ def test_mixture_weights_soft_and_hard_terms(batch):
     torch.testing.assert_close(distillation_loss(s, t, y, 3.0, 0.3), want)
 
 
-# ---- The successors: DKD, LS, DIST (kd/losses.py), each whole loss against its authors' training
+# ---- The successors: DKD, LS, DIST (kd/losses/__init__.py), each whole loss against its authors' training
 # code (mdistiller's DKD, the logit-standardisation repository's KD, DIST's classification code),
 # computed here in plain Python floats, then against the properties that define it.
 
@@ -233,7 +234,7 @@ GOLDEN = {"dkd": 3.1499033583785, "ls": 3.4252867109518, "dist": 0.9179142372025
 
 def test_every_default_that_departs_from_its_authors_recipe_is_explained():
     """The shipped defaults (conf/config.yaml) against each successor's recipe as its authors' code
-    ships it (kd.params.RECIPES: mdistiller's CIFAR-100 DKD config, 20 of 240 epochs of warm-up; the
+    ships it (kd.config.params.RECIPES: mdistiller's CIFAR-100 DKD config, 20 of 240 epochs of warm-up; the
     logit-standardisation README's CIFAR-100 command; DIST's loss defaults). Each knob moved away
     from its recipe is named, with its value, in docs/results.md's list of departures."""
     shipped = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())["distill"]

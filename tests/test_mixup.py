@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from kd import data, loop
-from kd.cross_entropy import hard_loss
+from kd.config.params import Train
+from kd.data import splits
 from kd.losses import distillation_loss
-from kd.params import Train
+from kd.train import loop
+from kd.train.cross_entropy import hard_loss
 from stages import distill
 from tests.conftest import project, run_stage, tiny_params, write_params
 
@@ -18,22 +19,22 @@ TRAIN = dict(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, s
 
 def test_mixup_is_a_convex_combination_with_its_drawn_weights():
     x = torch.randn(64, 1, 8, 8)
-    mixed, partner, lam = data.mixup(x, 0.4, torch.Generator().manual_seed(0),
+    mixed, partner, lam = splits.mixup(x, 0.4, torch.Generator().manual_seed(0),
                                      np.random.default_rng(0))
     assert sorted(partner.tolist()) == list(range(64))  # a permutation of the batch
     assert ((lam >= 0) & (lam <= 1)).all() and lam.std() > 0  # one weight per image
     expected = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
     torch.testing.assert_close(mixed, expected)
     # Beta(0.4, 0.4) piles weights near 0 and 1; Beta(1, 1) is uniform
-    big = data.mixup(torch.zeros(20000, 1), 1.0, torch.Generator().manual_seed(1),
+    big = splits.mixup(torch.zeros(20000, 1), 1.0, torch.Generator().manual_seed(1),
                      np.random.default_rng(1))[2]
     assert abs(float(big.mean()) - 0.5) < 0.01 and abs(float(big.var()) - 1 / 12) < 0.005
 
 
 def test_batch_keeps_each_images_label_with_its_own_part():
     ds_x = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
-    split = data.Split(ds_x, torch.arange(40) % 10)
-    dset = data.Dataset("t", split, split, split, tuple("0123456789"), torch.zeros(1),
+    split = splits.Split(ds_x, torch.arange(40) % 10)
+    dset = splits.Dataset("t", split, split, split, tuple("0123456789"), torch.zeros(1),
                         torch.ones(1) / 255)  # normalise = identity on the pixel values
     cfg = Train(**{**TRAIN, "shift": 0, "flip": False})
     idx = torch.tensor([3, 17, 25, 38])
@@ -50,11 +51,11 @@ def test_batch_keeps_each_images_label_with_its_own_part():
 
 
 def test_a_rank_share_of_a_mixed_batch_keeps_each_images_partner_label_and_weight():
-    """Under torchrun the whole batch is mixed, then each rank takes its rows (kd/distributed.py):
+    """Under torchrun the whole batch is mixed, then each rank takes its rows (kd/process/distributed.py):
     a partner may sit in another rank's share, and its label must come along."""
     ds_x = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
-    split = data.Split(ds_x, torch.arange(40) % 10)
-    dset = data.Dataset("t", split, split, split, tuple("0123456789"), torch.zeros(1),
+    split = splits.Split(ds_x, torch.arange(40) % 10)
+    dset = splits.Dataset("t", split, split, split, tuple("0123456789"), torch.zeros(1),
                         torch.ones(1) / 255)
     idx = torch.tensor([3, 17, 25, 38, 1, 9, 30, 22])
     whole = loop.batch_inputs(split, idx, dset, Train(**{**TRAIN, "shift": 0, "flip": False}),
@@ -67,8 +68,8 @@ def test_a_rank_share_of_a_mixed_batch_keeps_each_images_partner_label_and_weigh
 
 
 def test_mixup_off_draws_nothing_so_default_runs_are_unchanged():
-    split = data.Split(torch.randint(0, 255, (16, 1, 4, 4), dtype=torch.uint8), torch.zeros(16).long())
-    dset = data.Dataset("t", split, split, split, ("a",), torch.zeros(1), torch.ones(1))
+    split = splits.Split(torch.randint(0, 255, (16, 1, 4, 4), dtype=torch.uint8), torch.zeros(16).long())
+    dset = splits.Dataset("t", split, split, split, ("a",), torch.zeros(1), torch.ones(1))
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     cfg = Train(**{**TRAIN, "shift": 0, "flip": False, "mixup": 0.0})
     b = loop.batch_inputs(split, torch.arange(8), dset, cfg, gen, rng)
@@ -96,14 +97,14 @@ def test_function_matching_trains_the_same_on_an_unlabelled_transfer_set(workdir
     for name in ("download", "teacher", "soft_targets", "distill"):
         __import__(f"stages.{name}", fromlist=["main"]).main([])
     labelled = torch.load(workdir / "model/distilled.pt", weights_only=True)["state_dict"]
-    real_load = data.load
+    real_load = splits.load
 
     def unlabelled(folder):
         ds = real_load(folder)
-        ds.train = data.Split(ds.train.x, torch.full_like(ds.train.y, -1))
+        ds.train = splits.Split(ds.train.x, torch.full_like(ds.train.y, -1))
         return ds
 
-    monkeypatch.setattr(distill.data, "load", unlabelled)
+    monkeypatch.setattr(distill.splits, "load", unlabelled)
     distill.main([])
     again = torch.load(workdir / "model/distilled.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(labelled[k], again[k]) for k in labelled)
@@ -133,10 +134,10 @@ def distill_seen(folder, monkeypatch, **augment) -> dict[str, list[torch.Tensor]
         model.register_forward_pre_hook(hook)
         return model
 
-    load_checkpoint, build_model = distill.training.load_checkpoint, distill.training.build_model
-    monkeypatch.setattr(distill.training, "load_checkpoint", lambda *a: (
+    load_checkpoint, build_model = distill.steps.load_checkpoint, distill.steps.build_model
+    monkeypatch.setattr(distill.steps, "load_checkpoint", lambda *a: (
         record("teacher", load_checkpoint(*a)[0]), None))
-    monkeypatch.setattr(distill.training, "build_model", lambda *a: record(
+    monkeypatch.setattr(distill.steps, "build_model", lambda *a: record(
         "student", build_model(*a)))
     distill.main([])
     return seen

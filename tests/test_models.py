@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kd.archs import parse_arch
+from kd.config.archs import parse_arch
 from kd.datasets import resolve_arch
-from kd.models import apply_max_norm, build, count_params
+from kd.train.nets import apply_max_norm, build, count_params
 
 
 @pytest.mark.parametrize("arch,in_shape,classes", [

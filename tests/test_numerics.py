@@ -1,5 +1,5 @@
 """Same params, seed, code and data give the same bytes, whatever the thread count or the CPU's
-instruction set (kd/numerics.py, kd/fixed_order.py).
+instruction set (kd/process/numerics.py, kd/train/fixed_order.py).
 
 The layer tests run in this process (conftest.py pins portable numerics before torch loads); the
 stage tests start each stage as a fresh process, as DVC does, under 1, 2 and 4 threads and with
@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from kd import numerics
-from kd.fixed_order import BatchNorm2d, Conv2d
+from kd.process import numerics
+from kd.train.fixed_order import BatchNorm2d, Conv2d
 from tests.conftest import ROOT, composed, run_stage, tiny_params, write_params
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -69,7 +69,7 @@ def test_the_convolution_gradients_are_the_same_bytes_at_any_thread_count(cin, c
 def test_a_training_step_of_each_net_is_the_same_bytes_at_any_thread_count(arch, in_shape):
     """Every layer kind the models use (strided and 1x1 convolutions, BatchNorm, pooling,
     dropout, Linear), forward and backward, through the loss."""
-    from kd.models import build
+    from kd.train.nets import build
 
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(32, *in_shape, generator=g), torch.randint(0, 10, (32,), generator=g)
@@ -107,7 +107,7 @@ def test_the_fixed_order_layer_computes_what_nn_conv2d_computes():
 
 def test_why_the_layer_exists_onednn_splits_the_weight_gradient_by_thread():
     """The canary: if a torch or oneDNN upgrade makes every count give equal bytes, the
-    convolution of kd/fixed_order.py can go. The default teacher's first layer, channels-last,
+    convolution of kd/train/fixed_order.py can go. The default teacher's first layer, channels-last,
     as nn.Conv2d computes it."""
     conv = layer(nn.Conv2d, 1, 32).to(memory_format=torch.channels_last)
     x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -176,7 +176,7 @@ def test_the_fixed_order_batchnorm_computes_what_nn_batchnorm2d_computes():
 
 def test_why_the_batchnorm_exists_aten_splits_its_sums_by_thread():
     """The canary for the BatchNorm: if ATen's channels-last kernel gives equal bytes at every
-    thread count after an upgrade, kd/fixed_order.py's BatchNorm2d can go."""
+    thread count after an upgrade, kd/train/fixed_order.py's BatchNorm2d can go."""
     x = torch.randn(64, 32, 28, 28, generator=torch.Generator().manual_seed(1))
     x = (3 * x + 2).contiguous(memory_format=torch.channels_last)
     one = bn_pass(nn.BatchNorm2d(32), x, 1)
@@ -246,13 +246,13 @@ SETTINGS = {"1 thread": {"OMP_NUM_THREADS": "1"}, "2 threads": {"OMP_NUM_THREADS
 
 def first_images(folder: Path, n: int) -> None:
     """Cut a prepared dataset to the first n images of each split: real images, fewer of them."""
-    from kd import data
+    from kd.data import splits
 
-    ds = data.load(folder)
+    ds = splits.load(folder)
     meta = json.loads((folder / "meta.json").read_text())
-    own = ("dataset", "classes", "shape", "mean", "std", "sizes")  # what data.save writes itself
-    cut = lambda split: data.Split(split.x[:n], split.y[:n])  # noqa: E731
-    data.save(folder, ds.name, cut(ds.train), cut(ds.val), cut(ds.test), ds.classes,
+    own = ("dataset", "classes", "shape", "mean", "std", "sizes")  # what splits.save writes itself
+    cut = lambda split: splits.Split(split.x[:n], split.y[:n])  # noqa: E731
+    splits.save(folder, ds.name, cut(ds.train), cut(ds.val), cut(ds.test), ds.classes,
               {k: v for k, v in meta.items() if k not in own})
 
 

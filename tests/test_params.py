@@ -5,8 +5,8 @@ import subprocess
 import pytest
 import yaml
 
+from kd.config.params import ParamsError, experiment_name_error, load, validate
 from kd.datasets import DATASETS, PRESETS
-from kd.params import ParamsError, experiment_name_error, load, validate
 from tests.conftest import ROOT, committed, composed, tiny_params, write_params
 
 
@@ -148,7 +148,7 @@ def test_missing_or_broken_params_file(tmp_path):
 
 
 def test_preset_names_are_the_conf_preset_files():
-    # `-S preset=<name>` selects conf/preset/<name>.yaml; kd/params.py must know the same names.
+    # `-S preset=<name>` selects conf/preset/<name>.yaml; kd/config/params.py must know the same names.
     assert set(PRESETS) == {f.stem for f in (ROOT / "conf" / "preset").glob("*.yaml")}
     assert all(set(datasets) <= set(DATASETS) for datasets in PRESETS.values())
 

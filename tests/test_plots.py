@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd import training
+from kd.train import steps
 from tests.conftest import ROOT, tiny_params, write_params
 from tools import plots_template
 
@@ -44,7 +44,7 @@ def git(repo: Path, *args: str) -> None:
 
 def write_csv(repo: Path, name: str, shift: float = 0.0) -> None:
     """Four epochs under the header the stages really write."""
-    columns = training.HISTORY
+    columns = steps.HISTORY
     rows = [",".join(str(e) if c == "epoch" else f"{0.5 + 0.1 * e + shift:.3f}" for c in columns)
             for e in range(1, 5)]
     (repo / "plots" / f"{name}.csv").write_text("\n".join([",".join(columns), *rows]) + "\n")

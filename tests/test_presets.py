@@ -15,9 +15,9 @@ import pytest
 import yaml
 from dvc.utils.hydra import compose_and_dump
 
-from kd.archs import parse_arch
+from kd.config.archs import parse_arch
+from kd.config.params import validate
 from kd.datasets import DATASETS, PRESETS, resolve_arch
-from kd.params import validate
 from tests.conftest import ROOT, committed
 
 CONF = ROOT / "conf"
@@ -108,7 +108,7 @@ def test_a_kept_experiments_params_yaml_passes_and_a_hand_edit_does_not(tmp_path
 
 
 def test_each_dataset_spells_out_its_architectures(tmp_path):
-    """`-S dataset=<name>` writes the architectures that `auto` resolves to (kd/datasets.py reads
+    """`-S dataset=<name>` writes the architectures that `auto` resolves to (kd/datasets/__init__.py reads
     the same file), and each is one that builds."""
     assert {f.stem for f in (CONF / "dataset").glob("*.yaml")} == set(DATASETS)
     for ds in DATASETS:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from kd.params import validate
+from kd.config.params import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_README_LINES = 250
@@ -180,7 +180,7 @@ def test_every_command_names_a_real_param_stage_and_module():
 
 
 def test_the_readme_names_every_param():
-    # Every key kd.params takes (the params.yaml schema; a section's keys dotted), not a copy here.
+    # Every key kd.config.params takes (the params.yaml schema; a section's keys dotted), not a copy here.
     p = validate(committed_params())
     keys = [f.name for f in fields(p)] + [f"{section.name}.{f.name}" for section in fields(p)
                                           if is_dataclass(getattr(p, section.name))

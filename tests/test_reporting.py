@@ -1,4 +1,5 @@
-"""report.md shows user-named values (the experiment name, above all) as literal text.
+"""Markdown shows user-named values as literal text: experiment names in tools.sweep's tables
+(results/*.md), the architecture and preset in report.md.
 
 Renders report_markdown's output with markdown-it (CommonMark, with GFM tables), as a reader's
 viewer would, and reads the HTML back: no tag comes from a name, and each name reads as typed.
@@ -8,7 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from kd import params, reporting
+from kd.config import params
+from kd.report import tables
 from tests.conftest import tiny_params
 
 markdown_it = pytest.importorskip("markdown_it", reason="markdown-it-py renders the report")
@@ -50,46 +52,51 @@ def render(md: str) -> Html:
     return Html(markdown_it.MarkdownIt("commonmark").enable("table").render(md))
 
 
-def report(experiment: str, arch: str = "mlp:32") -> str:
+def report(arch: str = "mlp:32") -> str:
     p = params.validate(tiny_params())
     rows = [{"name": name, "arch": arch, "params": 1000, "test_acc": 0.9, "test_errors": 10,
-             "agreement": None if name == "teacher" else 0.95, "test_ece": 0.01, "best_epoch": 2}
+             "agreement": None if name == "teacher" else 0.95, "test_ece": 0.01, "best_epoch": 2,
+             "flops_per_image": 2e6, "size_bytes": 4096}
             for name in ("teacher", "student baseline", "distilled student")]
     finals = {n: {"val_acc": 0.91, "test_acc": 0.9, "test_errors": 10}
               for n in ("teacher", "student", "distilled")}
-    head = reporting.headline(finals, 0.95, 0.95)
-    return reporting.report_markdown(p, experiment, rows, head, finals["distilled"], ["zero", "one"],
-                                     {r["name"]: [1, 2] for r in rows})
+    head = tables.headline(finals, 0.95, 0.95)
+    return tables.report_markdown(p, rows, head, finals["distilled"], ["zero", "one"],
+                                  {r["name"]: [1, 2] for r in rows})
 
 
-@pytest.mark.parametrize("name", ["jumpy-bats", "a1b2c3d"])
-def test_ordinary_names_come_out_unchanged(name):
-    md = report(name)
-    assert f"Experiment `{name}`, preset `none`." in md
-    assert "| teacher | `mlp:32` | 1,000 |" in md
+def experiments(name: str) -> str:
+    """A results table as tools.sweep writes one: an experiment's name in its first cell."""
+    return tables.markdown_table(["experiment", "test acc"], [[tables.code_span(name), "90.00%"]])
+
+
+def test_ordinary_values_come_out_unchanged():
+    md = report()
+    assert "Preset `none`." in md and "| teacher | `mlp:32` | 1,000 |" in md
+    assert "| `jumpy-bats` | 90.00% |" in experiments("jumpy-bats")
 
 
 def test_the_report_renders_only_its_own_markup():
-    """The baseline for the test below: what an ordinary report holds."""
-    html = render(report("jumpy-bats"))
+    """The baseline for the tests below: what an ordinary report holds."""
+    html = render(report())
     assert html.tags.count("h1") == 1 and "<!--" not in html.tags
-    assert html.code[:2] == ["jumpy-bats", "none"]
+    assert html.code[:2] == ["none", "mlp:32"]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_experiment_name_renders_as_its_own_text(name):
-    html, plain = render(report(name)), render(report("jumpy-bats"))
+    html, plain = render(experiments(name)), render(experiments("jumpy-bats"))
     assert html.tags == plain.tags  # no tag or comment opened by the name, none closed early
-    assert html.code[0] == " ".join(name.splitlines())  # read as typed (a line break: a space)
+    assert html.code == [" ".join(name.splitlines())]  # read as typed (a line break: a space)
 
 
 @pytest.mark.parametrize("arch", ["mlp:32|<h1>x", "a`b</td>"])
 def test_hostile_architecture_stays_in_its_table_cell(arch):
     """The architecture comes from the checkpoint file; a `|` would split its cell even inside a
     code span."""
-    html, plain = render(report("jumpy-bats", arch)), render(report("jumpy-bats"))
+    html, plain = render(report(arch)), render(report())
     assert html.tags == plain.tags
-    assert html.code[2:5] == [arch] * 3  # the comparison table's three architecture cells
+    assert html.code[1:4] == [arch] * 3  # the comparison table's three architecture cells
 
 
 def test_the_pipeline_run_leads_with_the_distilled_students_validation_accuracy():
@@ -97,7 +104,7 @@ def test_the_pipeline_run_leads_with_the_distilled_students_validation_accuracy(
     validation accuracy settings are chosen on, not a teacher's score every run of a seed shares."""
     finals = {n: {"val_acc": v, "test_acc": v - 0.01, "test_errors": e}
               for n, v, e in (("teacher", 0.93, 700), ("student", 0.90, 1000), ("distilled", 0.91, 900))}
-    head = reporting.headline(finals, 0.92, 0.94)
+    head = tables.headline(finals, 0.92, 0.94)
     assert next(iter(head)) == "distilled_val_acc" and head["distilled_val_acc"] == 0.91
     assert {n: head[f"{n}_val_acc"] for n in finals} == {"teacher": 0.93, "student": 0.90, "distilled": 0.91}
     assert head["gain"] == pytest.approx(0.01) and head["distilled_test_errors"] == 900

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from kd import resources
+from kd.process import cores
 from tests.conftest import ROOT
 
 # Another process computing: it holds an exclusive lock on a slot file (argv[1]), says so, and
@@ -27,9 +27,9 @@ def store(tmp_path, monkeypatch):
     """A fresh store root, this process holding no slot yet, and torch's threads put back."""
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(resources, "_slot", None)
-    monkeypatch.setattr(resources, "_depth", 0)
-    monkeypatch.setattr(resources, "cores", lambda: 4)
+    monkeypatch.setattr(cores, "_slot", None)
+    monkeypatch.setattr(cores, "_depth", 0)
+    monkeypatch.setattr(cores, "machine_cores", lambda: 4)
     threads = torch.get_num_threads()
     yield tmp_path
     torch.set_num_threads(threads)
@@ -56,31 +56,31 @@ def release(procs: list[subprocess.Popen]) -> None:
 
 
 def test_a_stage_alone_takes_every_core(store):
-    with resources.computing() as threads:
+    with cores.computing() as threads:
         assert threads == 4 == torch.get_num_threads()
-        with resources.computing():  # nested (fit calls predict): still one slot
-            assert resources.running_stages() == 1
+        with cores.computing():  # nested (fit calls predict): still one slot
+            assert cores.running_stages() == 1
 
 
 def test_stages_side_by_side_split_the_cores_and_take_them_back(store):
     others = hold_slots(store, 1)
     try:
-        with resources.computing() as threads:
+        with cores.computing() as threads:
             assert threads == 2 == torch.get_num_threads()
             others += hold_slots(store, 2)
-            assert resources.running_stages() == 4
-            assert resources.share_cores() == 1  # never zero
+            assert cores.running_stages() == 4
+            assert cores.share_cores() == 1  # never zero
             others += hold_slots(store, 2)
-            assert resources.share_cores() == 1
+            assert cores.share_cores() == 1
             release(others)
             # A slot dies with its process: a count taken now gives every core back.
-            assert resources.share_cores() == 4
+            assert cores.share_cores() == 4
     finally:
         release(others)
 
 
 def test_a_slot_is_held_only_while_computing(store):
-    with resources.computing():
+    with cores.computing():
         pass
     slot = store / ".tmp" / "cores" / "slot-0"
     fd = os.open(slot, os.O_RDWR)
@@ -88,7 +88,7 @@ def test_a_slot_is_held_only_while_computing(store):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if this process still held it
     finally:
         os.close(fd)
-    assert resources.running_stages() == 1
+    assert cores.running_stages() == 1
 
 
 def test_omp_num_threads_is_respected(store, monkeypatch):
@@ -96,7 +96,7 @@ def test_omp_num_threads_is_respected(store, monkeypatch):
     torch.set_num_threads(3)
     others = hold_slots(store, 1)
     try:
-        with resources.computing() as threads:
+        with cores.computing() as threads:
             assert threads == 3 == torch.get_num_threads()
     finally:
         release(others)
@@ -120,7 +120,7 @@ def test_a_stage_process_lets_idle_threads_sleep_unless_the_user_says_otherwise(
 def test_the_wait_policy_is_left_alone_once_torch_has_read_it(monkeypatch):
     """In this process torch is loaded: setting the variable now would record a policy that
     OpenMP never used."""
-    from kd import wait_policy
+    from kd.process import wait_policy
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     wait_policy.prepare()

@@ -15,7 +15,8 @@ import mlflow
 import pytest
 import torch
 
-from kd import io, registry
+from kd.process import files
+from kd.track import model_registry
 from tests.conftest import STAGES, metrics_file, project, run_stage
 from tools.query import invoke
 
@@ -40,7 +41,7 @@ def test_every_training_run_records_the_stored_splits_as_dataset_inputs(shipped)
         assert set(inputs) == {"digits/train", "digits/val", "digits/test"}, run.info.run_name
         for split, context in (("train", "training"), ("val", "validation"), ("test", "evaluation")):
             d = inputs[f"digits/{split}"]
-            sha = io.file_sha256(folder / f"data/digits/{split}.pt")
+            sha = files.file_sha256(folder / f"data/digits/{split}.pt")
             assert d.dataset.digest == sha[:32]
             assert {t.key: t.value for t in d.tags} == {"mlflow.data.context": context, "sha256": sha}
 
@@ -48,7 +49,7 @@ def test_every_training_run_records_the_stored_splits_as_dataset_inputs(shipped)
 def test_the_alias_names_the_registered_student(shipped):
     _, uri = shipped
     client = mlflow.MlflowClient(uri)
-    held = client.get_model_version_by_alias("distilled-student", registry.alias("digits"))
+    held = client.get_model_version_by_alias("distilled-student", model_registry.alias("digits"))
     assert str(held.version) == "1" and held.tags["loss"] == "kd"
     assert float(held.tags["val_acc"]) == pytest.approx(metrics_file(shipped[0], "distilled")["val_acc"],
                                                         abs=1e-6)
@@ -81,13 +82,13 @@ def test_the_alias_moves_only_to_a_strictly_better_validation_accuracy_per_datas
     for version, dataset, val in (("1", "digits", 0.90), ("2", "digits", 0.89), ("3", "digits", 0.90),
                                   ("4", "mnist", 0.50), ("5", "digits", 0.91)):
         reg.versions[version] = _Version(val)
-        moves.append(registry.promote(reg, "distilled-student", version, dataset, val))
+        moves.append(model_registry.promote(reg, "distilled-student", version, dataset, val))
     assert moves == [True, False, False, True, True]  # a tie keeps the holder
     assert reg.aliases == {"ship-digits": "5", "ship-mnist": "4"}
 
 
 def test_a_new_version_is_tagged_and_the_alias_follows_validation_not_test_accuracy(mlflow_store):
-    """registry.tag_and_promote as the distill stage calls it, with tags where the two splits
+    """model_registry.tag_and_promote as the distill stage calls it, with tags where the two splits
     rank the versions in opposite orders: the test split chooses nothing."""
     class Tagging(_Registry):
         def set_model_version_tag(self, model, version, key, value):
@@ -95,7 +96,7 @@ def test_a_new_version_is_tagged_and_the_alias_follows_validation_not_test_accur
 
     reg, held = Tagging(), []
     for version, val, test in (("1", 0.90, 0.80), ("2", 0.85, 0.95), ("3", 0.95, 0.70)):
-        registry.tag_and_promote(reg, version, {"dataset": "digits", "val_acc": val, "test_acc": test})
+        model_registry.tag_and_promote(reg, version, {"dataset": "digits", "val_acc": val, "test_acc": test})
         held.append(reg.aliases["ship-digits"])
     assert held == ["1", "1", "3"]
     assert reg.versions["2"].tags == {"dataset": "digits", "val_acc": "0.85", "test_acc": "0.95"}
@@ -106,7 +107,7 @@ def test_an_unexpected_registry_error_is_not_taken_for_a_missing_alias():
         def get_registered_model(self, model):
             raise mlflow.exceptions.MlflowException("connection refused")
     with pytest.raises(mlflow.exceptions.MlflowException, match="refused"):
-        registry.promote(Down(), "distilled-student", "1", "digits", 0.9)
+        model_registry.promote(Down(), "distilled-student", "1", "digits", 0.9)
 
 
 def _free_port() -> int:
@@ -124,7 +125,7 @@ def server(shipped):
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m",
-         f"models:/distilled-student@{registry.alias('digits')}", "--env-manager", "local",
+         f"models:/distilled-student@{model_registry.alias('digits')}", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
         cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from kd import sources
-from kd.raw_files import CorruptFile, DataError, parse_idx, read_cifar_folder, read_idx_folder
-from kd.sources import fetch
+from kd.data import sources
+from kd.data.raw_files import CorruptFile, DataError, parse_idx, read_cifar_folder, read_idx_folder
+from kd.data.sources import fetch
 from tests.rawfiles import (
     IDX_NAMES,
     idx_bytes,

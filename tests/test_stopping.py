@@ -1,7 +1,8 @@
 """The pieces of failure handling, each on its own and quick: a stop signal and the end of `dvc`
-(kd/interrupt.py), outputs put back from DVC's cache (kd/keep.py), a store that is down or
-locked (kd/store.py, kd/tracking.py), a params file changed under a pipeline
-(kd/params_watch.py). tests/test_interrupts.py drives the same through DVC."""
+(kd/process/interrupt.py), outputs put back from DVC's cache (kd/process/restore_outputs.py),
+a store that is down or locked (kd/track/store.py, kd/track/mlflow_runs.py), a params file
+changed under a pipeline (kd/process/params_watch.py). tests/test_interrupts.py drives the same
+through DVC."""
 
 import contextlib
 import hashlib
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kd import keep, params_watch, store
+from kd.process import params_watch, restore_outputs
+from kd.track import store
 from tests.conftest import ROOT
 
 
@@ -29,7 +31,8 @@ def stage_like(work: str = "time.sleep(60)\n") -> str:
     friendly_errors."""
     return textwrap.dedent("""
         import sys, time
-        from kd import cli, interrupt
+        from kd.process import cli
+        from kd.process import interrupt
         interrupt.install()
         print("ready", flush=True)
         with cli.friendly_errors():
@@ -127,23 +130,23 @@ def test_missing_outputs_come_back_from_dvc_s_cache_and_present_ones_stay(tmp_pa
     (repo / "metrics").mkdir()
     (repo / "metrics/teacher.json").write_text("kept as it is\n")
 
-    restored = keep.restore_outputs("teacher", repo)
+    restored = restore_outputs.restore_outputs("teacher", repo)
     assert sorted(restored) == ["data/digits", "model/teacher.pt"]
     assert (repo / "model/teacher.pt").read_bytes() == b"weights"
     assert (repo / "metrics/teacher.json").read_text() == "kept as it is\n"
     assert {str(p.relative_to(repo / "data/digits")): p.read_bytes()
             for p in (repo / "data/digits").rglob("*") if p.is_file()} == folder
-    assert keep.restore_outputs("teacher", repo) == []  # nothing missing: nothing done
+    assert restore_outputs.restore_outputs("teacher", repo) == []  # nothing missing: nothing done
 
 
 def test_restoring_is_quiet_where_it_cannot_help(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_STAGE", raising=False)
-    assert keep.restore_outputs(root=tmp_path) == []  # not under DVC
-    assert keep.restore_outputs("teacher", tmp_path) == []  # no dvc.lock
+    assert restore_outputs.restore_outputs(root=tmp_path) == []  # not under DVC
+    assert restore_outputs.restore_outputs("teacher", tmp_path) == []  # no dvc.lock
     repo = dvc_repo(tmp_path)
     (repo / "dvc.lock").write_text(json.dumps({"stages": {"teacher": {"outs": [
         {"path": "model/teacher.pt", "md5": "0" * 32}]}}}))
-    assert keep.restore_outputs("teacher", repo) == []  # not in the cache
+    assert restore_outputs.restore_outputs("teacher", repo) == []  # not in the cache
     assert not (repo / "model/teacher.pt").exists()
 
 
@@ -187,7 +190,9 @@ def test_patiently_retries_a_transient_error_then_gives_up_with_one_line(monkeyp
 
 STORE_CALL = textwrap.dedent("""
     import os, signal, threading, mlflow
-    from kd import cli, interrupt, store
+    from kd.process import cli
+    from kd.process import interrupt
+    from kd.track import store
     interrupt.install()
     mlflow.MlflowClient().search_experiments()  # the store created before the clock starts
     print("ready", flush=True)
@@ -289,10 +294,11 @@ def test_a_run_ends_with_how_its_stage_ended_and_no_model_stays_pending(mlflow_s
     PENDING logged model of it FAILED, whatever ended the stage."""
     import mlflow
 
-    from kd import interrupt, tracking
     from kd.errors import PipelineError
+    from kd.process import interrupt
+    from kd.track import mlflow_runs
     with contextlib.suppress(interrupt.Interrupted, PipelineError):
-        with tracking.stage_run("teacher", "digits", {"seed": 0}) as run:
+        with mlflow_runs.stage_run("teacher", "digits", {"seed": 0}) as run:
             model = mlflow.initialize_logged_model(name="teacher")  # logging, cut short
             if ending == "interrupt":
                 raise interrupt.Interrupted(signal.SIGINT)

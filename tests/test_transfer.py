@@ -6,7 +6,7 @@ import mlflow
 import pytest
 import torch
 
-from kd.transfer import absent_classes, add_output_bias, best_bias_shift, transfer_indices
+from kd.train.transfer import absent_classes, add_output_bias, best_bias_shift, transfer_indices
 from tests.conftest import distill_with
 
 LABELS = torch.arange(200) % 10  # 20 images of each of 10 classes

@@ -6,7 +6,7 @@
 Columns: Experiment, dataset, preset, seed, the distillation loss with its settings (`kd T=2
 a=0.9`: T and alpha; a successor's knobs where they depart from its authors' recipe, by the first
 letter after the loss's name: `dkd b=2` is DKD as mdistiller trains it but distill.dkd_beta 2,
-`dkd` alone is the recipe itself; kd.params.RECIPES), the teacher's, student baseline's and
+`dkd` alone is the recipe itself; kd.config.params.RECIPES), the teacher's, student baseline's and
 distilled student's test accuracy in % (`teacher%` ...), and the distilled student's validation
 accuracy (`val%`, what settings are chosen on) (metrics/*.json), as `dvc.api.exp_show` returns
 them. Plain `dvc exp show` cannot show these in 120 columns: DVC prefixes a metric name that
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kd.params import RECIPES
+from kd.config.params import RECIPES
 
 PARAMS = ("dataset", "preset", "seed")
 MODELS = ("teacher", "student", "distilled")

@@ -1,6 +1,6 @@
 """Ask a served model to classify stored test images, and check its answers against the labels.
 
-Serve the student to ship (the registry alias `ship-<dataset>`, kd/registry.py), then query it:
+Serve the student to ship (the registry alias `ship-<dataset>`, kd/track/model_registry.py), then query it:
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db uv run mlflow models serve \\
         -m models:/distilled-student@ship-fashion-mnist --env-manager local -p 5001
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from kd import data
+from kd.data import splits
 
 
 def invoke(url: str, images: list, timeout: float = 60.0) -> list[list[float]]:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="prepared dataset folder (default: data/fashion-mnist)")
     args = ap.parse_args(argv)
 
-    ds = data.load(args.data)
+    ds = splits.load(args.data)
     x, y = ds.test.x[:args.n], ds.test.y[:args.n]
     url = f"http://{args.host}:{args.port}/invocations"
     try:

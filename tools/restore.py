@@ -1,10 +1,10 @@
 """Put back every pipeline output that dvc.lock records and the workspace lacks, from DVC's cache,
 the `cache: false` metrics and report files included.
 
-A stage that fails or is stopped does this for itself (kd/keep.py). A stage killed with SIGKILL
-(`kill -9`, the kernel out of memory) cannot: DVC had deleted its outputs before starting it, and
-`dvc checkout` brings back only the cached ones. This puts back the rest, from the copies DVC's
-run cache keeps. Run: python -m tools.restore [--stage NAME]
+A stage that fails or is stopped does this for itself (kd/process/restore_outputs.py). A
+stage killed with SIGKILL (`kill -9`, the kernel out of memory) cannot: DVC had deleted its
+outputs before starting it, and `dvc checkout` brings back only the cached ones. This puts back
+the rest, from the copies DVC's run cache keeps. Run: python -m tools.restore [--stage NAME]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from kd import keep
+from kd.process import restore_outputs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: dvc.lock: no such file (run from the repository root, after a "
                          "`dvc repro`)")
     stages = args.stage or list((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
-    restored = [path for stage in stages for path in keep.restore_outputs(stage)]
+    restored = [path for stage in stages for path in restore_outputs.restore_outputs(stage)]
     print("\n".join(f"restored {p}" for p in restored) or "nothing to restore")
 
 

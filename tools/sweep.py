@@ -30,8 +30,8 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from matplotlib.figure import Figure
 
-from kd import io
-from kd.reporting import code_span, markdown_table
+from kd.process import files
+from kd.report.tables import code_span, markdown_table
 from tools.sweep_rows import (
     LOSS_KEY,
     Group,
@@ -201,7 +201,7 @@ def accuracy_vs_T_plot(rows: list[Row], path: Path) -> None:
         " (mean ± std over seeds)" if max(g.distilled_acc.n for g in groups) > 1 else "")
     fig.suptitle(textwrap.fill(title, 45 * cols), fontsize="medium")  # one panel is narrow
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -309,7 +309,7 @@ def losses_plot(choices: list[LossChoice], path: Path) -> None:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize="small", loc="upper right")  # the points sit between student and half-gap
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -349,12 +349,12 @@ def main(argv: list[str] | None = None) -> None:
             fail("no finished experiment sets distill.loss with a distilled val_acc: queue some "
                  "(`dvc exp run --queue -S distill.loss=kd,dkd,ls,dist`) and `dvc queue start`")
         md = losses_markdown(choices, LOSS_PLOT, failed_table(shown))
-        io.write_text(args.out / "losses.md", md)
+        files.write_text(args.out / "losses.md", md)
         losses_plot(choices, args.out / LOSS_PLOT)
         written = (args.out / "losses.md", args.out / LOSS_PLOT)
     else:
         md = markdown(rows, PLOT)
-        io.write_text(args.out / "sweep.md", md)
+        files.write_text(args.out / "sweep.md", md)
         accuracy_vs_T_plot(rows, args.out / PLOT)
         written = (args.out / "sweep.md", args.out / PLOT)
     print(md)

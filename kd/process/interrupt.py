@@ -1,0 +1,131 @@
+"""Stopping a stage: Ctrl-C, SIGTERM or SIGHUP, or the end of the `dvc` process that started it.
+
+A stop signal raises `Interrupted` in the stage's main thread. It is a BaseException, so library
+code's `except Exception` does not swallow it; kd/track/mlflow_runs.py closes the stage's MLflow run
+KILLED on its way out, and kd/process/cli.py prints one line, `interrupted: teacher (SIGINT)`, and exits
+128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell reports a signal.
+
+Why a watch on `dvc`: DVC ignores SIGINT while its stage runs (Ctrl-C reaches the stage, which is
+in the terminal's foreground group), but nothing forwards a signal sent to `dvc` alone, and
+`dvc queue kill -f` / `dvc queue stop --kill` end the experiment's `dvc` process, not its stage:
+the stage trained on, orphaned, logging into a RUNNING run. The kernel's parent-death signal
+would not do: DVC runs a stage through `$SHELL -c`, and dash (Debian's /bin/sh) stays between
+them as the parent. So a thread polls, once a second, whether the `dvc` process that runs this
+stage (its nearest ancestor running DVC) still exists, and when it has ended sends this process
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kd.track import lineage
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+POLL_SECONDS = 1.0
+_held = 0  # how many deferred() blocks the main thread is in (handlers run in the main thread)
+_pending: int | None = None  # the stop signal a deferred() block holds back
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived: the stage stops, its run ends KILLED."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+        self.exit_status = 128 + signum
+
+
+def stage_name() -> str:
+    """The stage this process runs: `teacher` for `python -m stages.teacher`."""
+    return Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-m", "-c") else "stage"
+
+
+def message(e: Interrupted) -> str:
+    return f"interrupted: {stage_name()} ({e.signal_name})"
+
+
+def install() -> None:
+    """In a stage's own process only (stages/__init__.py): a test that imports a stage keeps
+    Python's KeyboardInterrupt."""
+    for signum in SIGNALS:
+        signal.signal(signum, _raise)
+    sys.excepthook = _one_line_if_interrupted
+    dvc = dvc_process()
+    if dvc is not None:
+        threading.Thread(target=_watch, args=(dvc,), daemon=True, name="kd-watch-dvc").start()
+
+
+def _raise(signum: int, frame) -> None:
+    # A second signal while the run is being closed ends the process at once, with the line.
+    global _pending
+    for s in SIGNALS:
+        signal.signal(s, _exit_now)
+    if _held:
+        _pending = signum  # raised when the store call in progress returns
+        return
+    raise Interrupted(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A stop signal that arrives inside the block is raised as Interrupted when it ends (see the
+    module's docstring); nests. Outside a stage's process no handler is installed: a no-op."""
+    global _held, _pending
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _pending is not None:
+            signum, _pending = _pending, None
+            raise Interrupted(signum)
+
+
+def _exit_now(signum: int, frame) -> None:
+    print(message(Interrupted(signum)), file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+def _one_line_if_interrupted(kind, value, tb) -> None:
+    """An interrupt outside kd/process/cli.py's handling (while the stage imports torch, say): the same
+    one line and exit status, not a traceback."""
+    if isinstance(value, Interrupted):
+        print(message(value), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(value.exit_status)
+    sys.__excepthook__(kind, value, tb)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def dvc_process() -> str | None:
+    """The `dvc` process running this stage, as a kd.track.lineage.process_id: the nearest ancestor
+    whose command is `dvc` (or `python .../dvc`). None outside DVC (it sets DVC_STAGE for every
+    stage command) or without /proc."""
+    if not os.environ.get("DVC_STAGE"):
+        return None
+    pid = os.getppid()
+    while pid and pid > 1:
+        if any(Path(arg).name == "dvc" for arg in _cmdline(pid)[:2]):
+            return lineage.process_id(pid)
+        pid = lineage.parent_pid(pid)
+    return None
+
+
+def _watch(dvc: str) -> None:
+    while not lineage.process_gone(dvc):
+        time.sleep(POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
