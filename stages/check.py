@@ -17,17 +17,18 @@ touched. Run: python -m stages.check
 
 from __future__ import annotations
 
+from kd import losses
 from kd.process import cli, files, params_watch
 from kd.track import store
 
-OK = "params.yaml passed the checks of kd/config/params.py\n"
+OK = "params.yaml passed the checks of kd/config/params.py and kd/losses/\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.path_option(ap, "out", "checks/params.ok", "marker the other stages depend on")
     args = ap.parse_args(argv)
-    cli.params_or_exit(args.params)
+    cli.params_or_exit(args.params, losses.validate)
     with cli.friendly_errors():
         if store.enabled():
             store.probe()

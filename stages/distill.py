@@ -1,6 +1,6 @@
 """Stage 5: train the student network on the teacher's soft targets.
 
-The loss is distill.loss's whole training loss (kd/losses/__init__.py): kd, Hinton et al. (2015) eq. 2,
+The loss is distill.loss's whole training loss (kd/losses/<loss>.py): kd, Hinton et al. (2015) eq. 2,
 alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y); or one
 of its successors dkd, ls and dist, each as its authors combine it with the cross-entropy.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kd.config.params import describe_loss, loss_settings, other_losses_keys
+from kd import losses
 from kd.data import splits
 from kd.datasets import resolve_arch
 from kd.errors import PipelineError
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                     "run online when distill.shift, flip or mixup augment the batches")
     cli.model_outputs(ap, "distilled")
     args = ap.parse_args(argv)
-    p = cli.params_or_exit(args.params)
+    p = cli.params_or_exit(args.params, losses.validate)
+    loss = losses.get(p.distill.loss)
 
     with cli.friendly_errors(), distributed.session():
         torch.manual_seed(p.seed)
@@ -77,14 +78,14 @@ def main(argv: list[str] | None = None) -> None:
         online = p.distill.shift > 0 or p.distill.flip or p.distill.mixup > 0
         logits = ({"model": steps.load_checkpoint(args.teacher, dev)[0]} if online
                   else {"cached": soft["train"][subset]})
-        teacher = Teacher(p.T, p.alpha, t, setting=describe_loss(p), **logits)
+        teacher = Teacher(loss, loss.values(p), p.distill.epochs, setting=losses.describe(p),
+                          **logits)
 
         arch = resolve_arch(p.student.arch, p.dataset, "student")
         model = steps.build_model(arch, p.student, ds)
         steps.announce("distill", arch, model, ds, p.distill)
         out = steps.Outputs("distilled", args.model, args.metrics, args.plots)
-        settings = {k: v for k, v in steps.run_params(p, arch, p.student, p.distill).items()
-                    if k not in other_losses_keys(p.distill)} | loss_settings(p)
+        settings = steps.run_params(p, arch, p.student, p.distill) | losses.settings(p)
         with mlflow_runs.stage_run("distill", p.dataset, settings, tags={
                 "teacher_run_id": lookup.run_of(args.teacher),
                 "soft_targets": "online" if online else "cached"}) as run:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                                   agreement=metrics.agreement(result.test_logits, soft["test"]))
             steps.save(run, out, model, arch, p.student, ds, result, register_tags={
                 "experiment": lineage.experiment_name(), "dataset": p.dataset, "seed": p.seed,
-                **loss_settings(p),
+                **losses.settings(p),
                 "val_acc": round(result.summary["val_acc"], 6),  # what picks the one to ship
                 "test_acc": round(result.summary["test_acc"], 6), "run_id": run.run_id})
         steps.conclude("distill", result, fit)

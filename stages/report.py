@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd.config.params import describe_loss, loss_settings
+from kd import losses
 from kd.data import splits
 from kd.process import cli, files, params_watch
 from kd.report import figures, tables
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     cli.path_option(ap, "plots-dir", "plots", "folder of the per-epoch CSVs")
     cli.path_option(ap, "out", "report", "folder for report.md and accuracy.png")
     args = ap.parse_args(argv)
-    p = cli.params_or_exit(args.params)
+    p = cli.params_or_exit(args.params, losses.validate)
 
     with cli.friendly_errors():
         ds = splits.load(Path(args.data or f"data/{p.dataset}"))
@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None) -> None:
                                                      len(ckpts[name]["class_names"]))
                      for label, name in MODELS}
         headline = tables.headline(finals, rows[1]["agreement"], rows[2]["agreement"])
-        md = tables.report_markdown(p, rows, headline, finals["distilled"],
+        md = tables.report_markdown(p, losses.describe(p), rows, headline, finals["distilled"],
                                     ckpts["teacher"]["class_names"], per_class)
         png = figures.accuracy_png(
             histories, {label: finals[name]["best_epoch"] for label, name in MODELS},
-            f"{p.dataset}: test accuracy per epoch (loss {describe_loss(p)}, seed {p.seed})")
+            f"{p.dataset}: test accuracy per epoch (loss {losses.describe(p)}, seed {p.seed})")
         cost_png = figures.cost_png(rows, f"{p.dataset}: accuracy against compute")
         experiment = lineage.experiment_name()
         params = {"experiment": experiment, "dataset": p.dataset, "preset": p.preset,
-                  "seed": p.seed, **loss_settings(p),
+                  "seed": p.seed, **losses.settings(p),
                   "teacher_arch": ckpts["teacher"]["arch"],
                   "student_arch": ckpts["student"]["arch"]}
         params_watch.unchanged()

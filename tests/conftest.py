@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -158,3 +159,13 @@ def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, tiny_params())
     return tmp_path
+
+
+def patch_dataset(monkeypatch, name: str, **changes) -> None:
+    """Make kd.datasets.get(name) answer with these fields changed (a test's own checksums or
+    system folder), as a dataset module that says so would."""
+    from kd import datasets
+
+    real = datasets.get
+    entry = dataclasses.replace(real(name), **changes)
+    monkeypatch.setattr(datasets, "get", lambda n: entry if n == name else real(n))

@@ -3,15 +3,16 @@ speed targets live in the benchmark, never in timed unit tests)."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from kd.data.sources import SYSTEM_DIRS
+from kd import datasets
 from tests.conftest import ROOT, tiny_params, write_params
 
 
 @pytest.mark.slow  # the quick benchmark itself: minutes
-@pytest.mark.skipif(not SYSTEM_DIRS["fashion-mnist"].is_dir(),
+@pytest.mark.skipif(not Path(datasets.get("fashion-mnist").system_dir).is_dir(),
                     reason="needs the Debian package dataset-fashion-mnist")
 def test_quick_benchmark_prints_every_measurement():
     proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--quick"], cwd=ROOT,

@@ -13,7 +13,7 @@ from kd.data import sources, splits
 from kd.process.files import torch_bytes
 from stages import download, teacher
 from tests import rawfiles as raw_files
-from tests.conftest import fails_cleanly, tiny_params, write_params
+from tests.conftest import fails_cleanly, patch_dataset, tiny_params, write_params
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def idx_root(workdir, monkeypatch, dataset="mnist"):
     """A valid IDX folder (its checksums patched in) as data.root; returns it and the checksums."""
     root = workdir / "raw-in"
     _, sums = raw_files.make_idx_folder(root)
-    monkeypatch.setitem(sources.IDX_SHA256, dataset, sums)
+    patch_dataset(monkeypatch, dataset, checksums=sums)
     use_root(workdir, dataset, root)
     return root, sums
 
@@ -84,9 +84,9 @@ def root_missing(workdir, monkeypatch):
 
 def root_lacks_a_file(workdir, monkeypatch):
     """A verified copy sits in the standard folder; with data.root set it must not be used."""
-    root, _ = idx_root(workdir, monkeypatch, "fashion-mnist")
+    root, sums = idx_root(workdir, monkeypatch, "fashion-mnist")
     raw_files.make_idx_folder(workdir / "system")
-    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", workdir / "system")
+    patch_dataset(monkeypatch, "fashion-mnist", checksums=sums, system_dir=str(workdir / "system"))
     monkeypatch.setattr(sources, "_download", lambda *a: pytest.fail("downloaded"))
     (root / f"{raw_files.IDX_NAMES[2]}.gz").unlink()
     return [str(root), raw_files.IDX_NAMES[2]]

@@ -11,13 +11,19 @@ import yaml
 
 from kd import losses
 from kd.config import params
-from kd.losses import distillation_loss, soft_loss
+from kd.losses.common import soft_loss
+from kd.losses.dkd import nckd, tckd
 from tests.conftest import ROOT, tiny_params
+
+
+def kd_loss(s, t, y, T, alpha):
+    """Hinton et al. eq. 2 through the registry: the kd loss at this T and alpha."""
+    return losses.distillation_loss(s, t, y, losses.get("kd"), {"T": T, "alpha": alpha})
 
 
 def _grad(s, t, y, T, alpha):
     s = s.clone().requires_grad_(True)
-    distillation_loss(s, t, y, T, alpha).backward()
+    kd_loss(s, t, y, T, alpha).backward()
     return s.grad
 
 
@@ -39,13 +45,13 @@ def test_soft_gradient_is_T_times_probability_gap_over_batch(batch, T):
 
 def test_alpha_zero_is_plain_cross_entropy(batch):
     s, t, y = batch
-    torch.testing.assert_close(distillation_loss(s, t, y, 4.0, 0.0), F.cross_entropy(s, y))
+    torch.testing.assert_close(kd_loss(s, t, y, 4.0, 0.0), F.cross_entropy(s, y))
 
 
 def test_identical_logits_give_zero_soft_loss(batch):
     s, _, y = batch
     assert float(soft_loss(s, s.clone(), 4.0)) == pytest.approx(0.0, abs=1e-12)
-    assert float(distillation_loss(s, s.clone(), y, 4.0, 1.0)) == pytest.approx(0.0, abs=1e-12)
+    assert float(kd_loss(s, s.clone(), y, 4.0, 1.0)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_high_temperature_gradient_approaches_logit_matching(batch):
@@ -75,17 +81,22 @@ def test_batchmean_not_mean_golden_value():
 def test_mixture_weights_soft_and_hard_terms(batch):
     s, t, y = batch
     want = 0.3 * soft_loss(s, t, 3.0) + 0.7 * F.cross_entropy(s, y)
-    torch.testing.assert_close(distillation_loss(s, t, y, 3.0, 0.3), want)
+    torch.testing.assert_close(kd_loss(s, t, y, 3.0, 0.3), want)
 
 
 # ---- The successors: DKD, LS, DIST (kd/losses/__init__.py), each whole loss against its authors' training
 # code (mdistiller's DKD, the logit-standardisation repository's KD, DIST's classification code),
 # computed here in plain Python floats, then against the properties that define it.
 
-def _cfg(**distill):
+def _cfg(T=7.0, alpha=0.3, **distill):
+    """Validated params with these `distill.*` values (kd's T and alpha set to values the other
+    losses must ignore)."""
     raw = tiny_params()
+    raw.update(T=T, alpha=alpha)
     raw["distill"].update(distill)
-    return params.validate(raw).distill
+    p = params.validate(raw)
+    losses.validate(p)
+    return p
 
 
 def _softmax(row, T):
@@ -157,9 +168,11 @@ def _golden():
     return as_t(GOLDEN_S), as_t(GOLDEN_T), torch.tensor(GOLDEN_Y)
 
 
-def _loss(cfg, s, t, y, epoch=1, partner=None, lam=None):
-    """The stage's loss for `cfg` (T and alpha, kd's own, set to values the others must ignore)."""
-    return losses.distillation_loss(s, t, y, 7.0, 0.3, partner, lam, cfg=cfg, epoch=epoch)
+def _loss(p, s, t, y, epoch=1, partner=None, lam=None):
+    """The distill stage's loss under params `p`."""
+    loss = losses.get(p.distill.loss)
+    return losses.distillation_loss(s, t, y, loss, loss.values(p), epoch=epoch,
+                                    epochs=p.distill.epochs, partner_labels=partner, lam=lam)
 
 
 @pytest.mark.parametrize("ce, a, b, T", [(1.0, 1.0, 8.0, 4.0), (1.0, 1.0, 8.0, 1.0),
@@ -189,7 +202,7 @@ def test_dkd_warms_up_over_its_share_of_the_epochs():
     cfg = _cfg(loss="dkd", dkd_warmup=0.5, epochs=8)  # 4 epochs: a quarter more each epoch
     no_ce = _cfg(loss="dkd", dkd_ce=0.0, dkd_warmup=0.0, epochs=8)
     full = float(_loss(no_ce, s, t, y))
-    ce = float(F.cross_entropy(s, y)) * cfg.dkd_ce
+    ce = float(F.cross_entropy(s, y)) * cfg.distill.knobs["dkd_ce"]
     for epoch, share in ((1, 0.25), (2, 0.5), (4, 1.0), (8, 1.0)):
         assert float(_loss(cfg, s, t, y, epoch)) == pytest.approx(ce + share * full, rel=1e-10)
 
@@ -234,13 +247,15 @@ GOLDEN = {"dkd": 3.1499033583785, "ls": 3.4252867109518, "dist": 0.9179142372025
 
 def test_every_default_that_departs_from_its_authors_recipe_is_explained():
     """The shipped defaults (conf/config.yaml) against each successor's recipe as its authors' code
-    ships it (kd.config.params.RECIPES: mdistiller's CIFAR-100 DKD config, 20 of 240 epochs of warm-up; the
-    logit-standardisation README's CIFAR-100 command; DIST's loss defaults). Each knob moved away
-    from its recipe is named, with its value, in docs/results.md's list of departures."""
+    ships it (each Loss's `recipe` in kd/losses/: mdistiller's CIFAR-100 DKD config, 20 of 240
+    epochs of warm-up; the logit-standardisation README's CIFAR-100 command; DIST's loss
+    defaults). Each knob moved away from its recipe is named, with its value, in docs/results.md's
+    list of departures."""
     shipped = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())["distill"]
-    recipes = {k: v for recipe in params.RECIPES.values() for k, v in recipe.items()}
-    assert set(params.RECIPES) == set(params.LOSSES) - {"kd"}
-    assert set(recipes) == {k for k in shipped if k.split("_")[0] in params.RECIPES}
+    successors = [losses.get(n) for n in losses.names() if not losses.get(n).top_level]
+    assert all(set(loss.recipe) == set(loss.knobs) for loss in successors)  # a value for each knob
+    recipes = {f"{loss.name}_{k}": v for loss in successors for k, v in loss.recipe.items()}
+    assert set(recipes) == {k for k in shipped if k.split("_")[0] in losses.names()}
     doc = (ROOT / "docs" / "results.md").read_text()
     departures = doc[doc.index("### Departures from the authors' recipes"):]
     departures = departures[:departures.index("\n#", 1)]
@@ -255,9 +270,9 @@ def test_kd_decomposes_into_tckd_plus_weighted_nckd(batch, T):
     s, t, y = batch
     kd_rows = T * T * (F.softmax(t / T, 1) * (F.log_softmax(t / T, 1) - F.log_softmax(s / T, 1))).sum(1)
     p_target = F.softmax(t / T, 1).gather(1, y[:, None]).squeeze(1)
-    torch.testing.assert_close(kd_rows, losses.tckd(s, t, y, T) + (1 - p_target) * losses.nckd(s, t, y, T))
+    torch.testing.assert_close(kd_rows, tckd(s, t, y, T) + (1 - p_target) * nckd(s, t, y, T))
     # and with DKD's weights at (1, 1 - p) it is KD itself, batch-averaged
-    assert float(((losses.tckd(s, t, y, T) + (1 - p_target) * losses.nckd(s, t, y, T))).mean()) == \
+    assert float(((tckd(s, t, y, T) + (1 - p_target) * nckd(s, t, y, T))).mean()) == \
         pytest.approx(float(soft_loss(s, t, T)), rel=1e-10)
 
 
@@ -267,13 +282,13 @@ def test_dkd_terms_vanish_separately(batch):
     t2 = s.clone()
     others = ~F.one_hot(y, s.shape[1]).bool()
     t2[others] = torch.flip(s[others].view(len(s), -1), [1]).reshape(-1)  # permute non-targets
-    assert losses.tckd(s, t2, y, 2.0).abs().max() < 1e-12
-    assert (losses.nckd(s, t2, y, 2.0) > 1e-6).any()
+    assert tckd(s, t2, y, 2.0).abs().max() < 1e-12
+    assert (nckd(s, t2, y, 2.0) > 1e-6).any()
     # same non-target shape (a shift), other target logit: NCKD 0, TCKD not
     t3 = s + 1.0
     t3[~others] += 2.0
-    assert losses.nckd(s, t3, y, 2.0).abs().max() < 1e-12
-    assert (losses.tckd(s, t3, y, 2.0) > 1e-6).all()
+    assert nckd(s, t3, y, 2.0).abs().max() < 1e-12
+    assert (tckd(s, t3, y, 2.0) > 1e-6).all()
 
 
 def _no_ce(loss):
@@ -328,16 +343,16 @@ def test_dist_is_zero_for_probabilities_affine_in_the_teachers(batch):
 @pytest.mark.parametrize("loss", ["dkd", "ls", "dist"])
 def test_every_successor_ignores_kds_T_and_alpha_and_trains(batch, loss):
     s, t, y = batch
-    cfg = _cfg(loss=loss)
-    base = losses.distillation_loss(s, t, y, 2.0, 0.9, cfg=cfg)
+    base = _loss(_cfg(loss=loss), s, t, y)
     for T, alpha in ((1.0, 0.0), (20.0, 1.0)):
-        torch.testing.assert_close(losses.distillation_loss(s, t, y, T, alpha, cfg=cfg), base)
+        torch.testing.assert_close(_loss(_cfg(T, alpha, loss=loss), s, t, y), base)
+    cfg = _cfg(loss=loss)
     student = s.clone().requires_grad_(True)
-    losses.distillation_loss(student, t, y, 2.0, 0.9, cfg=cfg).backward()
+    _loss(cfg, student, t, y).backward()
     assert student.grad.isfinite().all() and student.grad.abs().sum() > 0
     # a student equal to its teacher has nothing left to learn from it but the labels
-    torch.testing.assert_close(losses.distillation_loss(t, t, y, 2.0, 0.9, cfg=cfg),
-                               (1.0 if loss == "dist" else getattr(cfg, f"{loss}_ce"))
+    torch.testing.assert_close(_loss(cfg, t, t, y),
+                               (1.0 if loss == "dist" else cfg.distill.knobs[f"{loss}_ce"])
                                * F.cross_entropy(t, y), atol=DIST_ZERO if loss == "dist" else 1e-9,
                                rtol=0)
 
@@ -350,13 +365,13 @@ def test_mixup_mixes_the_cross_entropy_of_every_loss(batch):
     for loss in ("ls", "dist"):
         cfg = _cfg(loss=loss)
         torch.testing.assert_close(_loss(cfg, s, t, y, partner=partner, lam=lam) - _loss(cfg, s, t, y),
-                                   (cfg.ls_ce if loss == "ls" else 1.0) * (mixed_ce - F.cross_entropy(s, y)))
+                                   (cfg.distill.knobs["ls_ce"] if loss == "ls" else 1.0)
+                                   * (mixed_ce - F.cross_entropy(s, y)))
 
 
 def test_kd_by_name_is_hintons_loss_bit_for_bit(batch):
     s, t, y = batch
     s, t = s.float(), t.float()
-    assert torch.equal(distillation_loss(s, t, y, 2.0, 0.9, cfg=_cfg(loss="kd")),
-                       distillation_loss(s, t, y, 2.0, 0.9))
-    assert torch.equal(distillation_loss(s, t, y, 2.0, 0.9),
+    assert torch.equal(_loss(_cfg(2.0, 0.9, loss="kd"), s, t, y), kd_loss(s, t, y, 2.0, 0.9))
+    assert torch.equal(kd_loss(s, t, y, 2.0, 0.9),
                        0.9 * soft_loss(s, t, 2.0) + (1 - 0.9) * F.cross_entropy(s, y))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from kd import losses
 from kd.config.params import Train
 from kd.data import splits
-from kd.losses import distillation_loss
 from kd.train import loop
 from kd.train.cross_entropy import hard_loss
 from stages import distill
@@ -82,9 +82,10 @@ def test_mixup_off_draws_nothing_so_default_runs_are_unchanged():
 def test_function_matching_never_reads_a_label():
     s, t = torch.randn(8, 10, requires_grad=True), torch.randn(8, 10)
     bad = torch.full((8,), -1)  # cross-entropy would fail on these
-    assert distillation_loss(s, t, bad, 4.0, 1.0).isfinite()
+    kd = losses.get("kd")
+    assert losses.distillation_loss(s, t, bad, kd, {"T": 4.0, "alpha": 1.0}).isfinite()
     with pytest.raises((IndexError, RuntimeError)):
-        distillation_loss(s, t, bad, 4.0, 0.9)
+        losses.distillation_loss(s, t, bad, kd, {"T": 4.0, "alpha": 0.9})
 
 
 def test_function_matching_trains_the_same_on_an_unlabelled_transfer_set(workdir, monkeypatch):

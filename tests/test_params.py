@@ -5,8 +5,9 @@ import subprocess
 import pytest
 import yaml
 
-from kd.config.params import ParamsError, experiment_name_error, load, validate
-from kd.datasets import DATASETS, PRESETS
+from kd import datasets, losses
+from kd.config.experiment_names import experiment_name_error
+from kd.config.params import ParamsError, load, validate
 from tests.conftest import ROOT, committed, composed, tiny_params, write_params
 
 
@@ -62,7 +63,8 @@ BAD = [
     ("teacher.epochs", 0, "teacher.epochs must be an integer >= 1"),
     ("distill.epochs", 2.5, "distill.epochs must be an integer >= 1"),
     ("student.epochs", True, "student.epochs must be an integer"),
-    ("dataset", "imagenet", "dataset must be one of fashion-mnist, mnist, cifar10, cifar100, digits"),
+    ("dataset", "imagenet",
+     "dataset must be one of cifar10, cifar100, digits, fashion-mnist, mnist (kd/datasets/)"),
     ("teacher.arch", "vgg16", "teacher.arch must be auto or an architecture"),
     ("student.arch", "mlp:0", "student.arch must be auto or an architecture"),
     ("teacher.lr", 0, "teacher.lr must be"),
@@ -149,13 +151,16 @@ def test_missing_or_broken_params_file(tmp_path):
 
 def test_preset_names_are_the_conf_preset_files():
     # `-S preset=<name>` selects conf/preset/<name>.yaml; kd/config/params.py must know the same names.
-    assert set(PRESETS) == {f.stem for f in (ROOT / "conf" / "preset").glob("*.yaml")}
-    assert all(set(datasets) <= set(DATASETS) for datasets in PRESETS.values())
+    assert set(datasets.preset_names()) == {f.stem for f in (ROOT / "conf" / "preset").glob("*.yaml")}
+    # every preset a dataset claims is one of them, and each but none is made for some dataset
+    claimed = {p for d in datasets.names() for p in datasets.get(d).presets}
+    assert claimed == set(datasets.preset_names()) - {"none"}
 
 
 @pytest.mark.parametrize("preset,dataset,message", [
     ("paper", "mnist",
-     "preset must be one of none, hinton-mnist, patient-consistent, cifar100-resnet (got 'paper')"),
+     "preset must be one of none, cifar100-resnet, hinton-mnist, patient-consistent (conf/preset/) "
+     "(got 'paper')"),
     ("cifar100-resnet", "fashion-mnist",
      "preset cifar100-resnet is made for dataset cifar100 or cifar10 (dataset is 'fashion-mnist')"),
     ("hinton-mnist", "digits",
@@ -178,6 +183,13 @@ def test_preset_is_a_name_only_the_values_in_the_file_run():
     assert p.preset == "hinton-mnist"
 
 
+def checked(raw):
+    """What the check stage runs: the schema, then the loss registry's own checks."""
+    p = validate(raw)
+    losses.validate(p)
+    return p
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("omit_classes", [10], "distill.omit_classes must hold class indices 0..9"),
     ("omit_classes", "3", "distill.omit_classes must be a list of class indices"),
@@ -188,8 +200,9 @@ def test_preset_is_a_name_only_the_values_in_the_file_run():
     ("fraction", 1.0001, "distill.fraction must be a number in (0, 1] (got 1.0001)"),
     ("bias_correction", "big", "distill.bias_correction must be auto or a number >= 0"),
     ("bias_correction", -1, "distill.bias_correction must be a finite number >= 0"),
-    ("loss", "crd", "distill.loss must be one of kd, dkd, ls, dist (got 'crd')"),
-    ("loss", None, "distill.loss must be one of kd, dkd, ls, dist (got None)"),
+    ("loss", "crd", "distill.loss must be one of kd, dist, dkd, ls (got 'crd')"),
+    ("loss", None, "distill.loss must be a loss's name (kd/losses/) (got None)"),
+    ("dkd_bta", 1.0, "distill.dkd_bta is not a known key; allowed: epochs, "),
     ("dkd_beta", -1, "distill.dkd_beta must be a finite number >= 0 (got -1.0)"),
     ("dkd_warmup", 1.5, "distill.dkd_warmup must be a number in [0, 1] (got 1.5)"),
     ("dist_gamma", "two", "distill.dist_gamma must be a finite number >= 0 (got 'two')"),
@@ -199,14 +212,14 @@ def test_bad_transfer_settings(key, value, message):
     raw["distill"][key] = value
     with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
-        validate(raw)
+        checked(raw)
 
 
 def test_dkd_refuses_mixup_whose_labels_it_cannot_split():
     raw = tiny_params()
     raw["distill"].update(loss="dkd", mixup=0.2)
     with pytest.raises(ParamsError, match=r"distill.loss dkd splits .* set distill.mixup 0 or another loss"):
-        validate(raw)
+        checked(raw)
     raw["distill"]["loss"] = "dist"
     assert validate(raw).distill.loss == "dist"
 

@@ -15,9 +15,10 @@ import pytest
 import yaml
 from dvc.utils.hydra import compose_and_dump
 
+from kd import datasets
 from kd.config.archs import parse_arch
 from kd.config.params import validate
-from kd.datasets import DATASETS, PRESETS, resolve_arch
+from kd.datasets import resolve_arch
 from tests.conftest import ROOT, committed
 
 CONF = ROOT / "conf"
@@ -110,8 +111,8 @@ def test_a_kept_experiments_params_yaml_passes_and_a_hand_edit_does_not(tmp_path
 def test_each_dataset_spells_out_its_architectures(tmp_path):
     """`-S dataset=<name>` writes the architectures that `auto` resolves to (kd/datasets/__init__.py reads
     the same file), and each is one that builds."""
-    assert {f.stem for f in (CONF / "dataset").glob("*.yaml")} == set(DATASETS)
-    for ds in DATASETS:
+    assert {f.stem for f in (CONF / "dataset").glob("*.yaml")} == set(datasets.names())
+    for ds in datasets.names():
         p = validate(yaml.safe_load(compose(tmp_path, f"dataset={ds}")))
         assert p.dataset == ds
         assert p.teacher.arch == resolve_arch("auto", ds, "teacher") != "auto"
@@ -119,9 +120,9 @@ def test_each_dataset_spells_out_its_architectures(tmp_path):
         assert parse_arch(p.teacher.arch) and parse_arch(p.student.arch)
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
+@pytest.mark.parametrize("preset", [p for p in datasets.preset_names() if p != "none"])
 def test_each_preset_composes_valid_params_and_never_sets_T_alpha_seed(tmp_path, preset):
-    for ds in PRESETS[preset]:
+    for ds in datasets.made_for(preset):
         base = yaml.safe_load(compose(tmp_path, f"dataset={ds}", "T=7", "alpha=0.5", "seed=3"))
         raw = yaml.safe_load(compose(tmp_path, f"dataset={ds}", f"preset={preset}", "T=7",
                                      "alpha=0.5", "seed=3"))

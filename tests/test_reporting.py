@@ -61,8 +61,8 @@ def report(arch: str = "mlp:32") -> str:
     finals = {n: {"val_acc": 0.91, "test_acc": 0.9, "test_errors": 10}
               for n in ("teacher", "student", "distilled")}
     head = tables.headline(finals, 0.95, 0.95)
-    return tables.report_markdown(p, rows, head, finals["distilled"], ["zero", "one"],
-                                  {r["name"]: [1, 2] for r in rows})
+    return tables.report_markdown(p, "kd (T 4, alpha 0.9)", rows, head, finals["distilled"],
+                                  ["zero", "one"], {r["name"]: [1, 2] for r in rows})
 
 
 def experiments(name: str) -> str:

@@ -13,6 +13,7 @@ import torchvision.datasets as tvd
 from kd.data import sources
 from kd.data.raw_files import CorruptFile, DataError, parse_idx, read_cifar_folder, read_idx_folder
 from kd.data.sources import fetch
+from tests.conftest import patch_dataset
 from tests.rawfiles import (
     IDX_NAMES,
     idx_bytes,
@@ -69,14 +70,14 @@ def test_truncated_idx_is_refused():
 
 def test_corrupt_local_copy_stops_the_search(tmp_path, monkeypatch):
     _, sums = make_idx_folder(tmp_path / "mnist")
-    monkeypatch.setitem(sources.IDX_SHA256, "mnist", {k: "f" * 64 for k in sums})
+    patch_dataset(monkeypatch, "mnist", checksums={k: "f" * 64 for k in sums})
     with pytest.raises(CorruptFile):
         fetch("mnist", str(tmp_path / "mnist"), tmp_path / "cache")
 
 
 def test_fetch_uses_the_local_folder(tmp_path, monkeypatch):
     _, sums = make_idx_folder(tmp_path / "mine")
-    monkeypatch.setitem(sources.IDX_SHA256, "mnist", sums)
+    patch_dataset(monkeypatch, "mnist", checksums=sums)
     raw = fetch("mnist", str(tmp_path / "mine"), tmp_path / "cache")
     assert raw.source == str(tmp_path / "mine") and raw.classes == tuple("0123456789")
 
@@ -85,7 +86,7 @@ def test_no_source_error_lists_what_was_tried_and_how_to_get_it(tmp_path, monkey
     def offline(*a, **k):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
     monkeypatch.setattr(sources, "_download", offline)
-    monkeypatch.setitem(sources.SYSTEM_DIRS, "mnist", tmp_path / "missing")
+    patch_dataset(monkeypatch, "mnist", system_dir=str(tmp_path / "missing"))
     with pytest.raises(DataError) as err:
         fetch("mnist", None, tmp_path / "cache")
     msg = str(err.value)
@@ -95,8 +96,7 @@ def test_no_source_error_lists_what_was_tried_and_how_to_get_it(tmp_path, monkey
 
 def test_without_data_root_the_standard_folder_is_used(tmp_path, monkeypatch):
     _, sums = make_idx_folder(tmp_path / "system")
-    monkeypatch.setitem(sources.IDX_SHA256, "fashion-mnist", sums)
-    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", tmp_path / "system")
+    patch_dataset(monkeypatch, "fashion-mnist", checksums=sums, system_dir=str(tmp_path / "system"))
     assert fetch("fashion-mnist", None, tmp_path / "cache").source == str(tmp_path / "system")
 
 
@@ -105,8 +105,7 @@ def test_explicit_data_root_never_falls_back(tmp_path, monkeypatch, missing):
     """A set data.root that lacks the data is an error, not a reason to read another copy."""
     _, sums = make_idx_folder(tmp_path / "system")
     make_idx_folder(tmp_path / "mine")
-    monkeypatch.setitem(sources.IDX_SHA256, "fashion-mnist", sums)
-    monkeypatch.setitem(sources.SYSTEM_DIRS, "fashion-mnist", tmp_path / "system")
+    patch_dataset(monkeypatch, "fashion-mnist", checksums=sums, system_dir=str(tmp_path / "system"))
     monkeypatch.setattr(sources, "_download", lambda *a: pytest.fail("downloaded"))
     root = tmp_path / "mine"
     if missing == "folder":

@@ -6,7 +6,7 @@
 Columns: Experiment, dataset, preset, seed, the distillation loss with its settings (`kd T=2
 a=0.9`: T and alpha; a successor's knobs where they depart from its authors' recipe, by the first
 letter after the loss's name: `dkd b=2` is DKD as mdistiller trains it but distill.dkd_beta 2,
-`dkd` alone is the recipe itself; kd.config.params.RECIPES), the teacher's, student baseline's and
+`dkd` alone is the recipe itself: its `Loss.recipe` in kd/losses/), the teacher's, student baseline's and
 distilled student's test accuracy in % (`teacher%` ...), and the distilled student's validation
 accuracy (`val%`, what settings are chosen on) (metrics/*.json), as `dvc.api.exp_show` returns
 them. Plain `dvc exp show` cannot show these in 120 columns: DVC prefixes a metric name that
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kd.config.params import RECIPES
+from kd import losses
 
 PARAMS = ("dataset", "preset", "seed")
 MODELS = ("teacher", "student", "distilled")
@@ -50,10 +50,10 @@ def _loss(rec: dict) -> str:
     name = str(rec.get("distill.loss") or "kd")  # an experiment from before the loss was a param
     if name == "kd":
         own = {"T": rec.get("T"), "alpha": rec.get("alpha")}
-    else:
-        recipe = RECIPES.get(name, {})
+    else:  # a loss this code no longer has shows all its knobs
+        recipe = losses.get(name).recipe if name in losses.names() else {}
         own = {k.removeprefix(f"distill.{name}_"): v for k, v in rec.items()
-               if k.startswith(f"distill.{name}_") and recipe.get(k.removeprefix("distill.")) != v}
+               if k.startswith(f"distill.{name}_") and recipe.get(k.removeprefix(f"distill.{name}_")) != v}
     return " ".join([name, *(f"{k[0]}={_number(v)}" for k, v in own.items())])
 
 

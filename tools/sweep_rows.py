@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from kd.config.params import RECIPES
+from kd import losses
 
 MODELS = ("teacher", "student", "distilled")
 SWEPT = ("dataset", "T", "alpha", "seed")
@@ -123,7 +123,7 @@ def _row(name: str, rec: dict, workspace: dict[str, Any]) -> Row:
 def _knob_of(key: str) -> str | None:
     """The loss whose own knob `key` is ("distill.dkd_beta": "dkd"); None for any other param."""
     head = key.removeprefix("distill.").split("_")[0]
-    return head if key.startswith("distill.") and head in RECIPES else None
+    return head if key.startswith("distill.") and head in losses.names() else None
 
 
 def _metric(rec: dict, model: str, key: str) -> Any:

@@ -6,8 +6,8 @@ section (pydantic checks it against the type hints); a bad value is a `ParamsErr
 names the key and what is allowed, which the stages turn into exit status 2.
 """
 
-import os
-from dataclasses import dataclass, fields, is_dataclass
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
@@ -16,19 +16,11 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, WrapVa
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from kd import datasets
 from kd.config.archs import ARCH_HELP, parse_arch
-from kd.datasets import DATASETS, FACTS, PRESETS, resolve_arch
+from kd.datasets import resolve_arch
 from kd.errors import PipelineError
 from kd.process.numerics import MODES
-
-# distill.loss: the distillation loss (kd/losses/__init__.py writes each one)
-LOSSES = ("kd", "dkd", "ls", "dist")
-# Each successor's knobs as its authors' code trains it (kd/losses/__init__.py says where each is from);
-# the shipped defaults (conf/config.yaml) depart from these only where docs/results.md says why.
-RECIPES = {"dkd": {"dkd_ce": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_T": 4.0, "dkd_warmup": 0.0833},
-           "ls": {"ls_ce": 1.0, "ls_kd": 9.0, "ls_T": 2.0},
-           "dist": {"dist_beta": 1.0, "dist_gamma": 1.0, "dist_tau": 1.0}}
-
 
 # `launch` as a shell will read it: python, or torchrun and its options (`--name`, `--name=value`,
 # `--name value`); values of letters, digits and . : , / + - only. No quote, `$`, backtick, `;`,
@@ -47,11 +39,20 @@ def _arch(v: str) -> str:
     return v
 
 
+def _dataset(v: str) -> str:
+    if v not in datasets.names():
+        raise PydanticCustomError("allowed", f"one of {', '.join(datasets.names())} (kd/datasets/)")
+    return v
+
+
 def _preset(v: str, info: Any) -> str:
+    if v not in datasets.preset_names():
+        raise PydanticCustomError("allowed", f"one of {', '.join(datasets.preset_names())} (conf/preset/)")
     dataset = info.data.get("dataset")  # None when the dataset itself was refused
-    if dataset is not None and dataset not in PRESETS[v]:
-        raise PydanticCustomError("preset", f"preset {v} is made for dataset {' or '.join(PRESETS[v])} "
-                                  f"(dataset is {dataset!r}); add -S dataset={PRESETS[v][0]}")
+    if dataset is not None and v != "none" and v not in datasets.get(dataset).presets:
+        made_for = datasets.made_for(v)
+        raise PydanticCustomError("preset", f"preset {v} is made for dataset {' or '.join(made_for)} "
+                                  f"(dataset is {dataset!r}); add -S dataset={made_for[0]}")
     return v
 
 
@@ -79,6 +80,7 @@ Seed = Value(int, "an integer in [0, 2**63 - 1]", ge=0, le=2**63 - 1)
 Temperature = Value(float, "a number in [0.1, 100]", ge=0.1, le=100)
 Positive, NonNegative = Value(float, "a finite number > 0", gt=0), Value(float, "a finite number >= 0", ge=0)
 Rate = Value(float, "a number in [0, 1)", ge=0, lt=1)  # dropout, momentum
+Share = Value(float, "a number in [0, 1]", ge=0, le=1)  # a weight or a share of the epochs
 Arch = Value(str, f"auto or an architecture ({ARCH_HELP})", AfterValidator(_arch))
 Classes = Value(list[Index], "a list of class indices, e.g. [3] or []",
                 AfterValidator(lambda v: tuple(sorted(set(v)))))  # [3, 1, 3] -> (1, 3)
@@ -123,21 +125,11 @@ class Distill(Train):  # the `distill` section: a Train's keys, then the paper's
     fraction: Value(float, "a number in (0, 1]", gt=0, le=1)
     # the amount added to the logits of classes missing from the transfer set, or "auto"
     bias_correction: Annotated[NonNegative, WrapValidator(_auto_or_number)]
-    # the loss (kd/losses/__init__.py), then each successor's own knobs, named after it: its authors' whole
-    # recipe, temperature and cross-entropy weight included (kd's knobs are the top-level T, alpha)
-    loss: Value(Literal[LOSSES], f"one of {', '.join(LOSSES)}")
-    dkd_ce: NonNegative  # weight of DKD's cross-entropy with the labels
-    dkd_alpha: NonNegative  # weight of DKD's target-class term (TCKD)
-    dkd_beta: NonNegative  # weight of DKD's non-target-class term (NCKD)
-    dkd_T: Temperature  # DKD's temperature
-    # share of distill.epochs over which DKD's term ramps up linearly (the authors': 20 of 240)
-    dkd_warmup: Value(float, "a number in [0, 1]", ge=0, le=1)
-    ls_ce: NonNegative  # weight of LS's cross-entropy with the labels
-    ls_kd: NonNegative  # weight of LS's KD term on standardised logits
-    ls_T: Temperature  # LS's base temperature
-    dist_beta: NonNegative  # weight of DIST's inter-class relation (each image)
-    dist_gamma: NonNegative  # weight of DIST's intra-class relation (each class over a batch)
-    dist_tau: Temperature  # DIST's temperature (the authors': 1, none)
+    # the loss: a module of kd/losses/, whose registry validates it and its knobs (the check and
+    # distill stages ask it; this schema, which every stage reads, knows no loss by name)
+    loss: Value(str, "a loss's name (kd/losses/)", pattern=r"^[a-z][a-z0-9]*$")
+    # every other key of the section: `<loss>_<knob>`, e.g. dkd_beta (kd's are the top-level T, alpha)
+    knobs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,11 +142,11 @@ class Data:
 @with_config(extra="forbid", allow_inf_nan=False)  # the sections' too
 @dataclass(frozen=True)
 class Params:
-    dataset: Value(Literal[DATASETS], f"one of {', '.join(DATASETS)}")
-    preset: Value(Literal[tuple(PRESETS)], f"one of {', '.join(PRESETS)}", AfterValidator(_preset))
+    dataset: Value(str, "a dataset of kd/datasets/", AfterValidator(_dataset))
+    preset: Value(str, "a preset of conf/preset/", AfterValidator(_preset))
     seed: Seed
     T: Temperature
-    alpha: Value(float, "a number in [0, 1]", ge=0, le=1)
+    alpha: Share
     # dvc.yaml runs `${launch} -m stages.<name>` through a shell: a launcher and its options only
     launch: Value(str, "python or a torchrun command of --options only (letters, digits and "
                   ". : , / + - =; no shell syntax), such as 'torchrun --standalone --nproc-per-node 2'",
@@ -168,11 +160,30 @@ class Params:
 
 
 _PARAMS = TypeAdapter(Params)
+_DISTILL_KEYS = {f.name for f in fields(Distill)} - {"knobs"}
+_KNOB = re.compile(r"^[a-z][a-z0-9]*_[A-Za-z0-9_]+$")  # <loss>_<knob>
+
+
+def _with_knobs(raw: dict) -> dict:
+    """The distill section's `<loss>_<knob>` keys (`dkd_beta`) moved into `knobs`; any other key
+    stays, for the schema to refuse (`distill.arch`)."""
+    section = raw.get("distill")
+    if not isinstance(section, dict) or "knobs" in section:
+        return raw
+    knobs = {k: v for k, v in section.items()
+             if k not in _DISTILL_KEYS and isinstance(k, str) and _KNOB.match(k)}
+    return {**raw, "distill": {**{k: v for k, v in section.items() if k not in knobs},
+                               "knobs": knobs}}
+
+
+def allowed(kind: Any) -> str:
+    """What a Value allows, in words: `a finite number >= 0`."""
+    return FieldInfo.from_annotation(kind).description
 _UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument", "invalid_key")
 
 
 def _keys(cls: type) -> str:
-    return ", ".join(f.name for f in fields(cls))
+    return ", ".join(f.name for f in fields(cls) if f.name != "knobs")
 
 
 def _message(e: dict, raw: dict) -> str:
@@ -198,20 +209,18 @@ def validate(raw: Any) -> Params:
     """Check a parsed params.yaml mapping; return `Params` or raise `ParamsError`."""
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml must be a mapping of keys to values")
+    raw = _with_knobs(raw)
     try:
         p = _PARAMS.validate_python(raw)
     except ValidationError as e:  # pydantic's order: the sections' as params.yaml lists them
         raise ParamsError(_message(e.errors()[0], raw)) from None
-    n, t = FACTS[p.dataset].classes, p.distill
+    n, t = datasets.get(p.dataset).classes, p.distill
     for key, classes in (("omit_classes", t.omit_classes), ("keep_classes", t.keep_classes)):
         if any(c >= n for c in classes):
             raise ParamsError(f"distill.{key} must hold class indices 0..{n - 1} (got {list(classes)})")
-    if t.loss == "dkd" and t.mixup > 0:
-        raise ParamsError("distill.loss dkd splits each image's loss by its true class, which mixup "
-                          f"blends (distill.mixup is {t.mixup:g}): set distill.mixup 0 or another loss")
     if not set(t.keep_classes or range(n)) - set(t.omit_classes):
         raise ParamsError("distill.omit_classes and distill.keep_classes leave no class to train on")
-    side = FACTS[p.dataset].side  # a CNN may not pool its input below one pixel
+    side = datasets.get(p.dataset).side  # a CNN may not pool its input below one pixel
     for role, arch in (("teacher", p.teacher.arch), ("student", p.student.arch)):
         kind, sizes = parse_arch(resolve_arch(arch, p.dataset, role))
         if kind == "cnn" and len(sizes) > side.bit_length() - 1:
@@ -219,55 +228,6 @@ def validate(raw: Any) -> Params:
                               f"{side}x{side} images allow at most {side.bit_length() - 1} "
                               "(each block halves the side)")
     return p
-
-
-def loss_settings(p: Params) -> dict[str, Any]:
-    """The distillation loss and the knobs that shape it: {"loss": "dkd", "dkd_ce": 1.0, ...};
-    kd's are the top-level T and alpha: {"loss": "kd", "T": 2.0, "alpha": 0.9}."""
-    d = p.distill
-    own = {"T": p.T, "alpha": p.alpha} if d.loss == "kd" else \
-        {f.name: getattr(d, f.name) for f in fields(d) if f.name.startswith(f"{d.loss}_")}
-    return {"loss": d.loss, **own}
-
-
-def other_losses_keys(d: Distill) -> set[str]:
-    """The knobs of the losses not in use (`dist_beta` under dkd): left out of the run's params."""
-    return {f.name for f in fields(d) if any(f.name.startswith(f"{name}_") for name in LOSSES
-                                             if name != d.loss)}
-
-
-def describe_loss(p: Params) -> str:
-    """`kd (T 2, alpha 0.9)`; `dkd (ce 1, alpha 1, beta 8, T 4, warmup 0.0833)`."""
-    own = [f"{k.removeprefix(p.distill.loss + '_')} {v:g}" for k, v in loss_settings(p).items()
-           if k != "loss"]
-    return f"{p.distill.loss} ({', '.join(own)})"
-
-
-# `dvc exp run -n NAME` (DVC_EXP_NAME in the stages) stores the experiment as the git ref
-# refs/exps/<2 hex>/<38 hex>/NAME. DVC refuses a name that git-check-ref-format refuses, or with a
-# `/`, before any stage runs; but the ref is a file named NAME, first written as NAME.lock, and a
-# file name holds at most 255 bytes, so a longer name fails only once every stage has run.
-EXP_NAME_BYTES = 255 - len(".lock")
-_REF_FORBIDS = " ~^:?*[\\/"  # and control characters; `/` is DVC's own rule
-
-
-def experiment_name_error(name: str) -> str | None:
-    """Why DVC cannot store an experiment of this name, as one line that does not repeat the name
-    ("it is 300 bytes long; ..."); None when it can."""
-    size = len(os.fsencode(name))  # its ref's file name, in bytes
-    bad = next((c for c in name if c in _REF_FORBIDS or ord(c) < 0x20 or c == "\x7f"), None)
-    rules = [
-        (not name, "it is empty"),
-        (size > EXP_NAME_BYTES, f"it is {size} bytes long; DVC stores it as a git ref file, whose name "
-                                f"may hold {EXP_NAME_BYTES} bytes (255 less '.lock')"),
-        (bad is not None, f"it holds {bad!r}; a git ref may hold no space, control character or any of "
-                          "~ ^ : ? * [ \\ (nor / for DVC)"),
-        *[(part in name, f"it holds {part!r}, which a git ref may not") for part in ("..", "@{")],
-        (name.startswith("."), "it starts with '.', which a git ref may not"),
-        (name.endswith("."), "it ends with '.', which a git ref may not"),
-        (name.endswith(".lock"), "it ends with '.lock', which a git ref may not"),
-    ]
-    return next((why for broken, why in rules if broken), None)
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -1,53 +1,77 @@
-"""Every fact about a dataset, written once; the params schema, the stages and the tests read them
-from here (no torch, so the params check stays fast).
+"""The datasets: one module each in this folder, named as `dataset` names it (`fashion-mnist.py`),
+beside conf/dataset/<name>.yaml (its default teacher and student architectures, which DVC's Hydra
+composition writes into params.yaml on `-S dataset=<name>`, so `dvc exp show` shows what ran).
 
-- Which datasets exist, and each one's default teacher and student architectures: the files
-  conf/dataset/<name>.yaml, which DVC's Hydra composition also writes into params.yaml
-  (`-S dataset=mnist`), so `dvc exp show` shows the architectures that ran. `auto` in a
-  hand-written params.yaml resolves to the same file's value.
-- What the params check needs before any data is read: the number of classes (class indices in
-  `distill.omit_classes` / `keep_classes`) and the image side (a CNN may not pool below one
-  pixel), and which presets (conf/preset/<name>.yaml) are made for the dataset.
+A dataset module registers `DATASET = Dataset(...)`: what the params check needs before any data
+is read (the class count for `distill.omit_classes` / `keep_classes`, the image side a CNN may not
+pool below, the presets of conf/preset/ made for it) and where its raw files come from (their
+format, checksums, a system package's folder, torchvision's downloader, the offline hint). Nothing
+else lists the datasets: params validation, the download stage, the docs table and the tests ask
+this registry. Data only, no reader: the readers of each format are kd/data/raw_files.py's.
+
+Why one file each: every stage depends on `kd/datasets/${dataset}.py` alone, so adding a dataset
+reruns nothing on the others (docs/architecture.md, "Adding a dataset").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.util
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import yaml
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+FOLDER = Path(__file__).parent
+CONF = FOLDER.parents[1] / "conf"
+FORMATS = ("idx", "cifar", "sklearn-digits")  # what kd/data/sources.py can read
 
 
 @dataclass(frozen=True)
-class Facts:
+class Dataset:
+    name: str  # its module's name, which is `dataset`'s value
     classes: int
     side: int  # image side in pixels (square images)
     presets: tuple[str, ...]  # conf/preset/ files made for it, besides `none`
+    format: str  # one of FORMATS
+    class_names: tuple[str, ...] = ()  # () where its files name them (CIFAR's meta file)
+    checksums: dict[str, str] = field(default_factory=dict)  # file -> SHA-256 of its content
+    system_dir: str | None = None  # where a system package installs its raw files
+    torchvision: str | None = None  # the torchvision.datasets class that downloads it
+    offline: str = ""  # how to get it without a network, for the error that lists what was tried
 
 
-FACTS = {
-    "fashion-mnist": Facts(10, 28, ("hinton-mnist", "patient-consistent")),
-    "mnist": Facts(10, 28, ("hinton-mnist", "patient-consistent")),
-    "cifar10": Facts(10, 32, ("cifar100-resnet",)),
-    "cifar100": Facts(100, 32, ("cifar100-resnet",)),
-    "digits": Facts(10, 8, ()),
-}
-DATASETS = tuple(FACTS)
+def names() -> tuple[str, ...]:
+    """Every dataset in this folder, sorted."""
+    return tuple(sorted(p.stem for p in FOLDER.glob("*.py") if p.stem != "__init__"))
 
 
-def _made_for(preset: str) -> tuple[str, ...]:
-    # the dataset a preset is named after first (cifar100-resnet: cifar100): the one a refusal
-    # suggests
-    mine = [d for d, f in FACTS.items() if preset in f.presets]
+@cache
+def get(name: str) -> Dataset:
+    """The registered dataset `name` (one of names(): check before asking)."""
+    path = FOLDER / f"{name}.py"  # loaded by its path: a dataset's name may hold a '-'
+    spec = importlib.util.spec_from_file_location(f"kd.datasets.{name.replace('-', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entry = module.DATASET
+    if entry.name != name or entry.format not in FORMATS:
+        raise ImportError(f"{path}: registers {entry.name!r} in format {entry.format!r}; the name must "
+                          f"be the file's, the format one of {', '.join(FORMATS)}")
+    return entry
+
+
+def preset_names() -> tuple[str, ...]:
+    """The files of conf/preset/, `none` first."""
+    return tuple(sorted((p.stem for p in (CONF / "preset").glob("*.yaml")), key=lambda n: (n != "none", n)))
+
+
+def made_for(preset: str) -> tuple[str, ...]:
+    """The datasets a preset is made for (`none`: all), the one it is named after first
+    (cifar100-resnet: cifar100), the one a refusal suggests."""
+    if preset == "none":
+        return names()
+    mine = [d for d in names() if preset in get(d).presets]
     return tuple(sorted(mine, key=lambda d: d not in preset.split("-")))
-
-
-# preset -> the datasets it is made for (`none`: all of them)
-PRESETS = {"none": DATASETS, **{preset: _made_for(preset) for preset in
-                                dict.fromkeys(p for f in FACTS.values() for p in f.presets)}}
 
 
 @cache

@@ -1,155 +1,143 @@
-"""The distillation losses: Hinton's (2015) and three successors that read nothing but the
-teacher's logits, so they fit the cached soft targets and the online teacher alike.
+"""The distillation losses: one module each in this folder, named as `distill.loss` names it.
 
-Each is the whole training loss as its authors train it, cross-entropy with the labels (CE)
-included, chosen by `distill.loss`; every knob but kd's is named after its loss (`dkd_beta`).
+A loss module holds the whole training loss as its authors train it, cross-entropy with the
+labels included, and registers it where it is written: `LOSS = Loss(...)` with its paper, its
+knobs (their kinds: kd.config.params' Values) and its authors' values of them. Nothing else lists
+the losses: params validation, the distill stage, the docs table and the tests ask this registry.
 
-- kd: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network",
-  arXiv:1503.02531, section 2 / eq. 2: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) +
-  (1 - alpha) * CE, with the top-level `T` and `alpha` (`alpha = 1`, function matching, reads no
-  label).
-  - KL is averaged over the batch (`reduction="batchmean"`); `"mean"` would also divide by the
-    number of classes and silently shrink the soft term.
-  - T^2 keeps the soft term's gradient scale independent of T: d/ds of the soft term is
-    T * (softmax(s/T) - softmax(t/T)) / batch, which tends to (s - t) / (classes * batch) at high
-    T for zero-mean logits (the paper's logit-matching limit).
-- dkd: Zhao et al. (2022), "Decoupled Knowledge Distillation", CVPR, eq. 7, as the authors'
-  mdistiller trains it: dkd_ce * CE + warm-up * (dkd_alpha * TCKD + dkd_beta * NCKD) at
-  temperature dkd_T, the second term ramped up linearly over the first `dkd_warmup` share of the
-  epochs (mdistiller: CE weight 1, alpha 1, beta 8, T 4, 20 of 240 epochs on CIFAR-100).
-  TCKD is KD on the binary split (target class, all others); NCKD is KD among the non-target
-  classes alone. KD itself is TCKD + (1 - p_target of the teacher) * NCKD (their eq. 5), which
-  couples the non-target term to the teacher's confidence; DKD weighs the two freely.
-- ls: Sun et al. (2024), "Logit Standardization in Knowledge Distillation", CVPR, as their code
-  trains KD with it: ls_ce * CE + ls_kd * T^2 * KL on each row's z-scores (logits minus their mean,
-  over their sample standard deviation) at base temperature ls_T (theirs on CIFAR-100: CE weight
-  1, KD weight 9, base temperature 2), so the student matches the teacher's logit *relations*, not
-  their range.
-- dist: Huang et al. (2022), "Knowledge Distillation from A Stronger Teacher", NeurIPS, as the
-  authors' classification code trains it: CE + tau^2 * (dist_beta * (1 - mean Pearson correlation
-  of each image's class probabilities) + dist_gamma * (1 - mean Pearson correlation of each
-  class's probabilities over the batch)), probabilities at temperature dist_tau (theirs: 1, so no
-  temperature; beta = gamma = 1). The second (intra-class) term is not a mean over images: under
-  torchrun it is each rank's share of the batch, as in the authors' own multi-GPU training.
+- kd.py: Hinton, Vinyals & Dean (2015); its knobs are params.yaml's top-level `T` and `alpha`.
+- dkd.py, ls.py, dist.py: three successors that read nothing but the teacher's logits, so they fit
+  the cached soft targets and the online teacher alike; their knobs are `distill.<loss>_<knob>`.
+- common.py: the pieces several losses share (the softened KL).
 
-Adding a loss: write its whole loss below, add it to `LOSS`, and add its name and keys to the
-`distill` section of kd/config/params.py (and its default values to conf/config.yaml).
+Why one file each: dvc.yaml's distill stage depends on `kd/losses/${distill.loss}.py`, so adding
+or editing a loss reruns distillation with that loss alone (docs/architecture.md, "Adding a loss").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from kd.config.params import LOSSES, Distill
+from kd.config.params import Distill, Params, ParamsError, allowed
 from kd.train.cross_entropy import hard_loss
 
-EPS = 1e-7  # LS's guard for a row whose logits are all equal (standard deviation 0)
-
-
-def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch."""
-    log_p_student = F.log_softmax(student_logits / T, dim=1)
-    p_teacher = F.softmax(teacher_logits / T, dim=1)
-    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (T * T)
-
-
-def _kl_rows(log_p_student: torch.Tensor, log_p_teacher: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) of each row, from log-probabilities: (N, K) -> (N,)."""
-    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1)
-
-
-def _split(logits: torch.Tensor, labels: torch.Tensor, T: float
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """At temperature T: log (p_target, 1 - p_target) per row (N, 2), and the log-softmax over the
-    non-target classes alone (N, K - 1), in class order."""
-    z = logits / T
-    target = F.one_hot(labels, z.shape[1]).bool()
-    others = z[~target].view(len(z), -1)
-    total = torch.logsumexp(z, 1, keepdim=True)
-    binary = torch.cat([z[target].unsqueeze(1), torch.logsumexp(others, 1, keepdim=True)], 1) - total
-    return binary, F.log_softmax(others, 1)
-
-
-def tckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-         T: float) -> torch.Tensor:
-    """DKD's target-class term per row: T^2 * KL of the binary (target, non-target) split."""
-    return _kl_rows(_split(student_logits, labels, T)[0], _split(teacher_logits, labels, T)[0]) * T * T
-
-
-def nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-         T: float) -> torch.Tensor:
-    """DKD's non-target-class term per row: T^2 * KL among the non-target classes."""
-    return _kl_rows(_split(student_logits, labels, T)[1], _split(teacher_logits, labels, T)[1]) * T * T
-
+FOLDER = Path(__file__).parent
+NOT_LOSSES = {"__init__", "common"}  # the registry and the shared pieces
+FINITE = ConfigDict(allow_inf_nan=False)  # as params.yaml's schema: no inf, no nan
 
 Hard = Callable[[], torch.Tensor]  # the cross-entropy with the labels, computed when asked for
+# (student logits, teacher logits, labels, cross-entropy, knobs by name, epoch from 1, epochs)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Hard, SimpleNamespace, int, int],
+                  torch.Tensor]
 
 
-def _weighted(weight: float, term: Hard) -> torch.Tensor | float:
-    """weight * term(), without computing the term (nor reading a label) at weight 0."""
-    return weight * term() if weight else 0.0
+@dataclass(frozen=True)
+class Loss:
+    name: str  # its module's name, which is `distill.loss`'s value
+    paper: str  # authors, year, title, venue: what the docs table shows
+    source: str  # the authors' code it follows, for the knobs' values and how terms combine
+    fn: LossFn
+    knobs: dict[str, Any]  # knob -> its kind (a kd.config.params Value), in the order they print
+    recipe: dict[str, float]  # the authors' values of the knobs
+    top_level: bool = False  # kd: its knobs are params.yaml's top-level keys (`-S T=4`)
+    splits_by_label: bool = False  # needs each image's one true class, which mixup blends
+    _kinds: dict[str, TypeAdapter] = field(default_factory=dict, repr=False, compare=False)
+
+    def key(self, knob: str) -> str:
+        """The knob's key in params.yaml: `T`, `distill.dkd_beta`."""
+        return knob if self.top_level else f"distill.{self.name}_{knob}"
+
+    def values(self, p: Params) -> dict[str, float]:
+        """{knob: value} in `p`: {"T": 2.0, "alpha": 0.9}, {"ce": 1.0, "beta": 8.0, ...}."""
+        return {k: getattr(p, k) if self.top_level else p.distill.knobs[f"{self.name}_{k}"]
+                for k in self.knobs}
+
+    def check(self, knob: str, value: Any) -> None:
+        """Refuse a value the knob's kind does not allow, in one line naming its key."""
+        kind = self._kinds.setdefault(knob, TypeAdapter(self.knobs[knob], config=FINITE))
+        try:
+            kind.validate_python(value)
+        except ValidationError:
+            shown = float(value) if type(value) is int else value  # the number as it is used
+            raise ParamsError(f"{self.key(knob)} must be {allowed(self.knobs[knob])} "
+                              f"(got {shown!r})") from None
 
 
-def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
-        cfg: Distill, epoch: int) -> torch.Tensor:
-    span = cfg.dkd_warmup * cfg.epochs  # in epochs, counted from 1 as mdistiller counts them
-    warm = min(epoch / span, 1.0) if span else 1.0
-    decoupled = cfg.dkd_alpha * tckd(s, t, y, cfg.dkd_T) + cfg.dkd_beta * nckd(s, t, y, cfg.dkd_T)
-    return _weighted(cfg.dkd_ce, ce) + warm * decoupled.mean()
+def names() -> tuple[str, ...]:
+    """Every loss in this folder, sorted (kd first: the paper this project is about)."""
+    found = {p.stem for p in FOLDER.glob("*.py")} - NOT_LOSSES
+    return tuple(sorted(found, key=lambda n: (n != "kd", n)))
 
 
-def standardize(logits: torch.Tensor) -> torch.Tensor:
-    """Each row's z-scores: minus the row's mean, over its sample (n - 1) standard deviation."""
-    return (logits - logits.mean(1, keepdim=True)) / (EPS + logits.std(1, keepdim=True))
+def get(name: str) -> Loss:
+    """The registered loss `name`; ParamsError, naming distill.loss and the losses there are."""
+    if name not in names():
+        raise ParamsError(f"distill.loss must be one of {', '.join(names())} (got {name!r}); a new "
+                          "loss is a module in kd/losses/ (docs/architecture.md)")
+    loss = importlib.import_module(f"kd.losses.{name}").LOSS
+    if loss.name != name:
+        raise ImportError(f"kd/losses/{name}.py registers its loss as {loss.name!r}")
+    return loss
 
 
-def ls(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
-       cfg: Distill, epoch: int) -> torch.Tensor:
-    return _weighted(cfg.ls_ce, ce) + cfg.ls_kd * soft_loss(standardize(s), standardize(t), cfg.ls_T)
+def validate(p: Params) -> Loss:
+    """The knobs' checks params.yaml's schema leaves to the losses: `distill.loss` is one of them,
+    every `distill.<loss>_<knob>` key is a knob of that loss and holds a value its kind allows,
+    and a loss that splits by label gets no mixup. Returns the loss in use."""
+    loss = get(p.distill.loss)
+    for key, value in p.distill.knobs.items():
+        owner = next((n for n in names() if key.startswith(f"{n}_")), None)
+        other = get(owner) if owner is not None else None
+        knob = key.removeprefix(f"{owner}_")
+        if other is None or other.top_level or knob not in other.knobs:
+            own = ", ".join(f.name for f in fields(Distill) if f.name != "knobs")
+            raise ParamsError(f"distill.{key} is not a known key; allowed: {own}, and each loss's "
+                              f"knobs ({'; '.join(_knob_list(get(n)) for n in names())})")
+        other.check(knob, value)
+    for knob in loss.knobs:
+        if not loss.top_level and f"{loss.name}_{knob}" not in p.distill.knobs:
+            raise ParamsError(f"{loss.key(knob)} is missing; loss {loss.name} needs "
+                              f"{', '.join(loss.key(k) for k in loss.knobs)}")
+    if loss.splits_by_label and p.distill.mixup > 0:
+        raise ParamsError(f"distill.loss {loss.name} splits each image's loss by its true class, "
+                          f"which mixup blends (distill.mixup is {p.distill.mixup:g}): set "
+                          "distill.mixup 0 or another loss")
+    return loss
 
 
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each row of a with the same row of b: (N, K) -> (N,)."""
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+def _knob_list(loss: Loss) -> str:
+    return f"{loss.name}: {', '.join(loss.key(k) for k in loss.knobs)}"
 
 
-def dist(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
-         cfg: Distill, epoch: int) -> torch.Tensor:
-    tau = cfg.dist_tau
-    p_s, p_t = F.softmax(s / tau, 1), F.softmax(t / tau, 1)
-    inter = 1 - _pearson_rows(p_s, p_t).mean()  # each image: its classes' probabilities
-    intra = 1 - _pearson_rows(p_s.T, p_t.T).mean()  # each class: its probability over the batch
-    return ce() + tau * tau * (cfg.dist_beta * inter + cfg.dist_gamma * intra)
+def settings(p: Params) -> dict[str, Any]:
+    """The loss in use and the knobs that shape it, by their params keys' last part:
+    {"loss": "kd", "T": 2.0, "alpha": 0.9}; {"loss": "dkd", "dkd_ce": 1.0, ...}."""
+    loss = get(p.distill.loss)
+    return {"loss": loss.name, **{loss.key(k).removeprefix("distill."): v
+                                  for k, v in loss.values(p).items()}}
 
 
-def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, T: float, alpha: float,
-       cfg: Distill | None, epoch: int) -> torch.Tensor:
-    if alpha == 1:  # function matching: no label is read
-        return soft_loss(s, t, T)
-    if alpha == 0:
-        return ce()
-    return alpha * soft_loss(s, t, T) + (1 - alpha) * ce()
-
-
-# name -> whole loss(student logits, teacher logits, labels, CE, T, alpha, the distill section,
-# epoch from 1)
-LOSS: dict[str, Callable[..., torch.Tensor]] = {"kd": kd, "dkd": dkd, "ls": ls, "dist": dist}
-if set(LOSS) != set(LOSSES):  # the params schema names exactly the losses written here
-    raise ImportError(f"kd.losses writes {sorted(LOSS)} but kd.config.params allows {sorted(LOSSES)}")
+def describe(p: Params) -> str:
+    """`kd (T 2, alpha 0.9)`; `dkd (ce 1, alpha 1, beta 8, T 4, warmup 0.0833)`."""
+    loss = get(p.distill.loss)
+    return f"{loss.name} ({', '.join(f'{k} {v:g}' for k, v in loss.values(p).items())})"
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      labels: torch.Tensor, T: float, alpha: float,
-                      partner_labels: torch.Tensor | None = None,
-                      lam: torch.Tensor | None = None, *, cfg: Distill | None = None,
-                      epoch: int = 1) -> torch.Tensor:
-    """`cfg.loss`'s whole training loss (kd, Hinton eq. 2, without a cfg); T and alpha are kd's.
-    The cross-entropy is mixup's mix of the two labels' where the batch is mixed."""
+                      labels: torch.Tensor, loss: Loss, knobs: Mapping[str, float], *,
+                      epoch: int = 1, epochs: int = 1, partner_labels: torch.Tensor | None = None,
+                      lam: torch.Tensor | None = None) -> torch.Tensor:
+    """`loss`'s whole training loss at these knob values. The cross-entropy is mixup's mix of the
+    two labels' where the batch is mixed."""
     def ce() -> torch.Tensor:
         return hard_loss(student_logits, labels, partner_labels, lam)
-    loss = LOSS[cfg.loss if cfg is not None else "kd"]
-    return loss(student_logits, teacher_logits, labels, ce, T, alpha, cfg, epoch)
+    return loss.fn(student_logits, teacher_logits, labels, ce, SimpleNamespace(**knobs), epoch,
+                   epochs)

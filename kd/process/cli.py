@@ -14,11 +14,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kd.config.params import Params, ParamsError, experiment_name_error, load
+from kd.config.experiment_names import experiment_name_error
+from kd.config.params import Params, ParamsError, load
 from kd.errors import PipelineError
 from kd.process import distributed, interrupt, numerics, params_watch, restore_outputs
 
@@ -66,11 +67,17 @@ def model_outputs(ap: argparse.ArgumentParser, name: str) -> None:
     path_option(ap, "plots", f"plots/{name}.csv", "per-epoch metrics CSV")
 
 
-def params_or_exit(path: str) -> Params:
+def params_or_exit(path: str, *checks: Callable[[Params], object]) -> Params:
     """The validated params, with their numerics in force (kd/process/numerics.py); else one line and
-    exit status 2."""
+    exit status 2. `checks` are the validations an extension point owns (kd.losses.validate: the
+    loss and its knobs), for the stages that use it."""
     try:
         p = load(path)
+        for check in checks:
+            try:
+                check(p)
+            except ParamsError as e:  # every message names the file once, then the key
+                raise ParamsError(f"{path}: {e}") from None
         _check_experiment_name()
         params_watch.loaded(path)
         numerics.apply(p.numerics)

@@ -13,7 +13,6 @@ import csv
 import re
 from pathlib import Path
 
-from kd.config.params import describe_loss
 from kd.process.files import UnreadableFile
 
 COLUMNS = ("model", "architecture", "parameters", "test accuracy", "test errors",
@@ -109,7 +108,7 @@ def headline(finals: dict[str, dict], student_agreement: float, distilled_agreem
     return out
 
 
-def report_markdown(p, rows: list[dict], head: dict, distilled: dict,
+def report_markdown(p, loss: str, rows: list[dict], head: dict, distilled: dict,
                     class_names: list[str], per_class: dict[str, list[int]]) -> str:
     teacher_lead = head["teacher_test_acc"] - head["student_test_acc"]
     bias = ""
@@ -117,7 +116,7 @@ def report_markdown(p, rows: list[dict], head: dict, distilled: dict,
         bias = (f"\n\nThe transfer set lacked some classes: raising their logits by "
                 f"{distilled['bias_correction']:.1f} took the distilled student from "
                 f"{distilled['test_errors_uncorrected']} to {distilled['test_errors']} test errors.")
-    return (f"# Distillation report: {p.dataset}, {describe_loss(p)}, seed {p.seed}\n\n"
+    return (f"# Distillation report: {p.dataset}, {loss}, seed {p.seed}\n\n"
             f"Preset {code_span(p.preset)}.\n\n"
             f"{comparison_table(rows)}\n"
             f"Distillation changed the student's test accuracy by {100 * head['gain']:+.2f} points "
