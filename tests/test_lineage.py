@@ -11,13 +11,14 @@ import sys
 import mlflow
 import pytest
 
-from kd.track import lineage, run_ends
+from kd.process import identity
+from kd.track import run_ends
 
 
 def dead_process() -> str:
     """The `process_id` of a process of this boot and namespace that has ended and been reaped."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    process = lineage.process_id(proc.pid)  # unreaped until wait(): /proc still shows it
+    process = identity.process_id(proc.pid)  # unreaped until wait(): /proc still shows it
     proc.wait()
     return process
 
@@ -44,39 +45,39 @@ def old_format(process: str) -> str:
 
 
 def test_the_id_names_boot_namespace_pid_and_start_time():
-    boot, namespace, pid, started = lineage.process_id().split(":")
-    assert boot == lineage._boot_id() and boot
+    boot, namespace, pid, started = identity.process_id().split(":")
+    assert boot == identity._boot_id() and boot
     assert namespace == str(os.stat("/proc/self/ns/pid").st_ino)
     assert pid == str(os.getpid()) and started.isdigit()
-    assert lineage.namespace_prefix() == f"{boot}:{namespace}:"
-    assert "_" not in lineage.process_id()  # staging folders swap ':' for '_' and back
+    assert identity.namespace_prefix() == f"{boot}:{namespace}:"
+    assert "_" not in identity.process_id()  # staging folders swap ':' for '_' and back
 
 
 def test_a_process_is_gone_only_when_provably_so():
-    me = lineage.process_id()
-    assert not lineage.process_gone(me)
-    assert lineage.process_gone(with_field(me, 3, str(int(me.split(":")[3]) + 1)))  # PID reused
+    me = identity.process_id()
+    assert not identity.process_gone(me)
+    assert identity.process_gone(with_field(me, 3, str(int(me.split(":")[3]) + 1)))  # PID reused
     dead = dead_process()
-    assert lineage.process_gone(dead)
+    assert identity.process_gone(dead)
     # The same dead PID, but given by another boot or in another PID namespace: not provable here
-    assert not lineage.process_gone(another_boot(dead))
-    assert not lineage.process_gone(another_namespace(dead))
+    assert not identity.process_gone(another_boot(dead))
+    assert not identity.process_gone(another_namespace(dead))
     # The old format and anything unreadable: never judged
     for stray in (old_format(dead), with_field(dead, 1, ""), f"{dead}:1", "", "x",
                   with_field(dead, 2, "-1"), with_field(dead, 2, "1" * 12), dead.upper()):
-        assert not lineage.process_gone(stray), stray
+        assert not identity.process_gone(stray), stray
 
 
 def test_without_proc_nothing_is_judged(monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    monkeypatch.setattr(lineage, "_boot_id", lambda: "")
-    monkeypatch.setattr(lineage, "_pid_namespace", lambda: "")
-    monkeypatch.setattr(lineage, "_start_time", lambda pid: None)
-    assert lineage.process_id() == f"::{os.getpid()}:"
-    assert lineage.namespace_prefix() is None
-    assert not lineage.process_gone(f"::{dead.pid}:")
-    assert not lineage.process_gone(lineage.process_id())
+    monkeypatch.setattr(identity, "_boot_id", lambda: "")
+    monkeypatch.setattr(identity, "_pid_namespace", lambda: "")
+    monkeypatch.setattr(identity, "_start_time", lambda pid: None)
+    assert identity.process_id() == f"::{os.getpid()}:"
+    assert identity.namespace_prefix() is None
+    assert not identity.process_gone(f"::{dead.pid}:")
+    assert not identity.process_gone(identity.process_id())
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_only_runs_of_dead_processes_of_this_boot_and_namespace_are_closed(clien
     processes = {
         "dead": dead,
         "dead, under another host name": dead_process(),  # the host tag is for people to read
-        "live": lineage.process_id(),
+        "live": identity.process_id(),
         "another boot": another_boot(dead),
         "another PID namespace": another_namespace(dead),
         "old format": old_format(dead),
@@ -115,7 +116,7 @@ def test_only_runs_of_dead_processes_of_this_boot_and_namespace_are_closed(clien
 def test_without_proc_no_run_is_closed(client, monkeypatch):
     exp = client.create_experiment("no-proc")
     run = client.create_run(exp, tags={"host": socket.gethostname(), "process": dead_process()})
-    monkeypatch.setattr(lineage, "_pid_namespace", lambda: "")
+    monkeypatch.setattr(identity, "_pid_namespace", lambda: "")
     run_ends.close_dead_runs(client, exp)
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
 
@@ -126,7 +127,7 @@ def test_staging_folders_of_dead_processes_alone_are_removed(tmp_path, monkeypat
     live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE)
     try:
-        kept = [lineage.process_id(live.pid), another_boot(dead), another_namespace(dead),
+        kept = [identity.process_id(live.pid), another_boot(dead), another_namespace(dead),
                 old_format(dead)]
         folders = {p: tmp_path / ".tmp" / f"mlflow-{p.replace(':', '_')}" for p in [dead, *kept]}
         for folder in folders.values():
@@ -134,7 +135,7 @@ def test_staging_folders_of_dead_processes_alone_are_removed(tmp_path, monkeypat
         mine = run_ends.staging_dir()
         assert not folders[dead].exists()
         assert all(folders[p].is_dir() for p in kept)
-        assert mine.name == f"mlflow-{lineage.process_id().replace(':', '_')}" and mine.is_dir()
+        assert mine.name == f"mlflow-{identity.process_id().replace(':', '_')}" and mine.is_dir()
     finally:
         live.stdin.close()
         live.wait()

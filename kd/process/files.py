@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from kd.errors import PipelineError
-from kd.track.lineage import pid_alive
+from kd.process.identity import pid_alive
 
 
 class UnreadableFile(PipelineError):

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kd.track import lineage
+from kd.process import identity
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 1.0
@@ -112,7 +112,7 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def dvc_process() -> str | None:
-    """The `dvc` process running this stage, as a kd.track.lineage.process_id: the nearest ancestor
+    """The `dvc` process running this stage, as a kd.track.identity.process_id: the nearest ancestor
     whose command is `dvc` (or `python .../dvc`). None outside DVC (it sets DVC_STAGE for every
     stage command) or without /proc."""
     if not os.environ.get("DVC_STAGE"):
@@ -120,12 +120,12 @@ def dvc_process() -> str | None:
     pid = os.getppid()
     while pid and pid > 1:
         if any(Path(arg).name == "dvc" for arg in _cmdline(pid)[:2]):
-            return lineage.process_id(pid)
-        pid = lineage.parent_pid(pid)
+            return identity.process_id(pid)
+        pid = identity.parent_pid(pid)
     return None
 
 
 def _watch(dvc: str) -> None:
-    while not lineage.process_gone(dvc):
+    while not identity.process_gone(dvc):
         time.sleep(POLL_SECONDS)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -45,8 +45,9 @@ from pathlib import Path
 import torch
 
 from kd.process import files, interrupt, numerics, project, wait_policy
+from kd.process.identity import process_id
 from kd.track import model_registry, run_ends, store
-from kd.track.lineage import process_id, run_tags
+from kd.track.lineage import run_tags
 from kd.track.store import experiment_label, tracking_uri
 
 HISTORY_PREFIX = "epoch/"

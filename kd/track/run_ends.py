@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from kd.process import interrupt
+from kd.process.identity import namespace_prefix, process_gone, process_id
 from kd.track import store
-from kd.track.lineage import namespace_prefix, process_gone, process_id
 
 
 def close_dead_runs(client, experiment_id: str) -> None:
