@@ -87,7 +87,8 @@ def mse(s, t, y, ce, k, epoch, epochs):
     return ce() + k.weight * ((s - t) ** 2).mean()
 
 
-LOSS = Loss(name="mse", paper="Ba & Caruana (2014), Do Deep Nets Really Need to be Deep?",
+LOSS = Loss(name="mse", label="MSE on logits (Ba & Caruana 2014)",
+            paper="Ba & Caruana (2014), Do Deep Nets Really Need to be Deep?",
             source="the paper, section 2", fn=mse, knobs={"weight": NonNegative},
             recipe={"weight": 1.0})
 '''
@@ -141,7 +142,7 @@ def test_a_toy_loss_and_a_toy_dataset_added_the_documented_way(tmp_path):
     _run(repo, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-m", "not slow",
          "-k", "not toy", "tests/test_extensions.py", "tests/test_params.py", "tests/test_presets.py",
          "tests/test_models.py", "tests/test_dvc_yaml.py", "tests/test_readme.py",
-         "tests/test_losses.py", "tests/test_sources.py")
+         "tests/test_losses.py", "tests/test_sources.py", "tests/test_architecture.py")
 
     # The stages train with the new loss, and on the new dataset.
     raw = tiny_params()

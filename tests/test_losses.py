@@ -84,7 +84,7 @@ def test_mixture_weights_soft_and_hard_terms(batch):
     torch.testing.assert_close(kd_loss(s, t, y, 3.0, 0.3), want)
 
 
-# ---- The successors: DKD, LS, DIST (kd/losses/__init__.py), each whole loss against its authors' training
+# ---- The successors: DKD, LS, DIST (kd/losses/), each whole loss against its authors' training
 # code (mdistiller's DKD, the logit-standardisation repository's KD, DIST's classification code),
 # computed here in plain Python floats, then against the properties that define it.
 

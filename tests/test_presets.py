@@ -109,7 +109,7 @@ def test_a_kept_experiments_params_yaml_passes_and_a_hand_edit_does_not(tmp_path
 
 
 def test_each_dataset_spells_out_its_architectures(tmp_path):
-    """`-S dataset=<name>` writes the architectures that `auto` resolves to (kd/datasets/__init__.py reads
+    """`-S dataset=<name>` writes the architectures that `auto` resolves to (kd/datasets/ reads
     the same file), and each is one that builds."""
     assert {f.stem for f in (CONF / "dataset").glob("*.yaml")} == set(datasets.names())
     for ds in datasets.names():

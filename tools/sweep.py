@@ -30,6 +30,7 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from matplotlib.figure import Figure
 
+from kd import losses
 from kd.process import files
 from kd.report.tables import code_span, markdown_table
 from tools.sweep_rows import (
@@ -206,8 +207,9 @@ def accuracy_vs_T_plot(rows: list[Row], path: Path) -> None:
 
 
 LOSS_PLOT = "losses.png"
-LOSS_NAMES = {"kd": "KD (Hinton et al. 2015)", "dkd": "DKD (Zhao et al. 2022)",
-              "ls": "KD + logit standardisation (Sun et al. 2024)", "dist": "DIST (Huang et al. 2022)"}
+def _label(loss: str) -> str:
+    """The loss's short label from its registry entry (its name, for a loss this code lacks)."""
+    return losses.get(loss).label if loss in losses.names() else loss
 
 
 def _settings(knobs: dict) -> list[str]:
@@ -229,7 +231,7 @@ def losses_markdown(choices: list[LossChoice], plot_name: str | None = None,
     chosen = markdown_table(
         ["dataset", "loss", "settings tried", "chosen on validation", "seeds", "distilled val acc (%)",
          "distilled test acc (%)", "gain over student (points)", "gap closed (%)"],
-        [[c.chosen.group.dataset, LOSS_NAMES.get(c.loss, c.loss), len(c.tried), _knobs(c.loss, c.chosen),
+        [[c.chosen.group.dataset, _label(c.loss), len(c.tried), _knobs(c.loss, c.chosen),
           ", ".join(map(str, c.chosen.group.seeds)), _pct(c.chosen.group.distilled_val_acc),
           _pct(c.chosen.group.distilled_acc), _pct(c.chosen.group.gain, "+"),
           f"{100 * gap_closed(c.chosen.group):.0f}"] for c in choices])

@@ -1,5 +1,5 @@
 """Architecture names and their parsing (no torch here, so params.py and the download stage do
-not depend on the model code); each dataset's defaults are in kd/datasets/__init__.py.
+not depend on the model code); each dataset's defaults are in conf/dataset/.
 
   mlp:W1-W2-...   fully connected ReLU net with hidden widths W1, W2, ...
   cnn:C1-C2-...   3x3 conv + BatchNorm + ReLU + 2x2 max-pool per entry, then a 256-unit head

@@ -42,6 +42,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Hard, SimpleNamespa
 @dataclass(frozen=True)
 class Loss:
     name: str  # its module's name, which is `distill.loss`'s value
+    label: str  # short, for result tables: "DKD (Zhao et al. 2022)"
     paper: str  # authors, year, title, venue: what the docs table shows
     source: str  # the authors' code it follows, for the knobs' values and how terms combine
     fn: LossFn

@@ -31,7 +31,8 @@ def dist(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, k: SimpleN
 
 
 LOSS = Loss(
-    name="dist", paper="Huang et al. (2022), Knowledge Distillation from A Stronger Teacher, NeurIPS",
+    name="dist", label="DIST (Huang et al. 2022)",
+    paper="Huang et al. (2022), Knowledge Distillation from A Stronger Teacher, NeurIPS",
     source="hunto/image_classification_sota, dist_kd.py", fn=dist,
     knobs={"beta": NonNegative,  # weight of the inter-class relation (each image's classes)
            "gamma": NonNegative,  # weight of the intra-class relation (each class over a batch)

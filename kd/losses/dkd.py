@@ -53,7 +53,8 @@ def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, k: SimpleNa
 
 
 LOSS = Loss(
-    name="dkd", paper="Zhao et al. (2022), Decoupled Knowledge Distillation, CVPR",
+    name="dkd", label="DKD (Zhao et al. 2022)",
+    paper="Zhao et al. (2022), Decoupled Knowledge Distillation, CVPR",
     source="mdistiller, DKD with its CIFAR-100 config", fn=dkd, splits_by_label=True,
     knobs={"ce": NonNegative,  # weight of the cross-entropy with the labels
            "alpha": NonNegative,  # weight of the target-class term (TCKD)

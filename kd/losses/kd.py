@@ -24,7 +24,8 @@ def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, k: SimpleNam
 
 
 LOSS = Loss(
-    name="kd", paper="Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network",
+    name="kd", label="KD (Hinton et al. 2015)",
+    paper="Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network",
     source="the paper, section 2", fn=kd, top_level=True,
     knobs={"T": Temperature, "alpha": Share},  # the soft term's temperature and weight
     recipe={})  # the paper fixes neither: T and alpha are chosen on validation (docs/results.md)

@@ -28,7 +28,8 @@ def ls(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ce: Hard, k: SimpleNam
 
 
 LOSS = Loss(
-    name="ls", paper="Sun et al. (2024), Logit Standardization in Knowledge Distillation, CVPR",
+    name="ls", label="KD + logit standardisation (Sun et al. 2024)",
+    paper="Sun et al. (2024), Logit Standardization in Knowledge Distillation, CVPR",
     source="logit-standardization-KD, KD.py with --logit-stand --base-temp 2 --kd-weight 9", fn=ls,
     knobs={"ce": NonNegative,  # weight of the cross-entropy with the labels
            "kd": NonNegative,  # weight of the KD term on standardised logits

@@ -1,5 +1,5 @@
 """Cross-entropy with the true labels, the loss of every supervised step: a teacher's and a
-student baseline's whole loss, and the label term of each distillation loss (kd/losses/__init__.py).
+student baseline's whole loss, and the label term of each distillation loss (kd/losses/).
 
 Its own module so that the training loop (kd/train/loop.py), which the teacher and student stages run,
 does not import the distillation losses: editing or adding a loss reruns only distillation.

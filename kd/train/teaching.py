@@ -1,7 +1,7 @@
 """What a distilled student learns from: the teacher's logits, through the distillation loss.
 
 The training loop (kd/train/loop.py) asks a `Teacher` for each batch's loss; this module, which the
-distill stage alone imports, joins the teacher's logits to kd/losses/__init__.py.
+distill stage alone imports, joins the teacher's logits to the loss (kd/losses/).
 """
 
 from __future__ import annotations
