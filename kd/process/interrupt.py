@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +32,9 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 1.0
 _held = 0  # how many deferred() blocks the main thread is in (handlers run in the main thread)
 _pending: int | None = None  # the stop signal a deferred() block holds back
+# What must run before the process ends however it stops: kd/process/cli.py puts the stage's
+# outputs back there (restore_outputs), and returns what its one line must add ('' or a note).
+_last_words: Callable[[], str] = lambda: ""  # noqa: E731
 
 
 class Interrupted(BaseException):
@@ -89,16 +92,58 @@ def deferred() -> Iterator[None]:
             raise Interrupted(signum)
 
 
+def at_exit(last_words: Callable[[], str]) -> None:
+    """Run `last_words` (shielded) before a stop signal ends the process at once; its answer ends
+    the one line."""
+    global _last_words
+    _last_words = last_words
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Stop signals that arrive inside the block are ignored: what it does (putting a stage's
+    outputs back) must not be cut short, and the process is on its way out already. Only where
+    handlers are installed (a stage's own process); elsewhere a no-op."""
+    if signal.getsignal(signal.SIGINT) not in (_raise, _exit_now, _ignore):
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _ignore)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _ignore(signum: int, frame) -> None:
+    pass
+
+
 def _exit_now(signum: int, frame) -> None:
-    print(message(Interrupted(signum)), file=sys.stderr, flush=True)
+    """A second signal: stop waiting for whatever was closing (a store call that hangs), but put
+    the stage's outputs back first: a copy cut short would lose them silently."""
+    with shielded():
+        note = _safely(_last_words)
+        print(message(Interrupted(signum)) + note, file=sys.stderr, flush=True)
     os._exit(128 + signum)
+
+
+def _safely(call: Callable[[], str]) -> str:
+    try:
+        return call()
+    except Exception:  # noqa: BLE001 - the process is ending: the stop's line still goes out
+        return ""
 
 
 def _one_line_if_interrupted(kind, value, tb) -> None:
     """An interrupt outside kd/process/cli.py's handling (while the stage imports torch, say): the same
     one line and exit status, not a traceback."""
     if isinstance(value, Interrupted):
-        print(message(value), file=sys.stderr, flush=True)
+        with shielded():
+            note = _safely(_last_words)
+        print(message(value) + note, file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(value.exit_status)
     sys.__excepthook__(kind, value, tb)

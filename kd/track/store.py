@@ -19,9 +19,11 @@ that this bound is the only one. `probe()` is the check stage's quick look at th
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import time
 import urllib.error
@@ -65,7 +67,24 @@ def _refusal(e: Exception, wait: float = 0.0) -> TrackingError:
     """The one line for a store's refusal, saying how long it was waited for if it was."""
     retried = transient(e)
     waited = f" (gave up after {wait:.0f} s)" if retried and wait else ""
-    return TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}{waited}", retried)
+    hint = _write_limits() if permanent(e) else ""
+    return TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}{hint}{waited}", retried)
+
+
+def _write_limits() -> str:
+    """What SQLite's 'disk I/O error' does not say: a file-size limit on this process, or a store
+    folder with no space left."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f" (this process may write files of at most {soft:,} bytes: `ulimit -f`)"
+    db = sqlite_file(tracking_uri())
+    try:
+        if db is not None and shutil.disk_usage(db.parent).free < 1 << 20:
+            return f" (no space left in {db.parent})"
+    except OSError:
+        pass
+    return ""
 
 
 def _reason(e: BaseException) -> str:
@@ -79,9 +98,32 @@ def _reason(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
+# Errors no wait cures: a full disk or quota, a file-size limit (`ulimit -f`: EFBIG), a read-only
+# filesystem, and SQLite's words for them. MLflow wraps a database error in an MlflowException
+# whose HTTP status is 500, which alone would read as a server's passing trouble.
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+PERMANENT_SQLITE = ("disk I/O error", "database or disk is full", "readonly database",
+                    "unable to open database file", "database disk image is malformed")
+
+
+def permanent(e: BaseException) -> bool:
+    """Whether anything in the error's chain is a write error that waiting cannot cure."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in PERMANENT_ERRNOS:
+            return True
+        if isinstance(seen, sqlite3.Error) and any(w in str(seen) for w in PERMANENT_SQLITE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def transient(e: BaseException) -> bool:
     """Whether a store error may go away by itself: a connection refused, reset or timed out, a
-    server answering 5xx, SQLite's database locked or busy. Not: read-only, full, bad URI."""
+    server answering 5xx, SQLite's database locked or busy. Not: read-only, full, a file-size
+    limit, bad URI (`permanent`)."""
+    if permanent(e):
+        return False
     seen: BaseException | None = e
     while seen is not None:
         text = f"{type(seen).__name__}: {seen}"
