@@ -18,7 +18,7 @@ touched. Run: python -m stages.check
 from __future__ import annotations
 
 from kd.process import cli, files, params_watch
-from kd.track import store
+from kd.track import store, store_access
 
 OK = "params.yaml passed the checks of kd/config/params.py\n"
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     with cli.friendly_errors():
         if store.enabled():
             store.probe()
+            store_access.prove()  # a usable store: its kind, a login, a read and a write
         params_watch.record(args.params)
         files.write_text(args.out, OK)
     print(f"check: {args.params} is valid")
