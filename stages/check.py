@@ -17,6 +17,7 @@ touched. Run: python -m stages.check
 
 from __future__ import annotations
 
+from kd.config import memory_budget
 from kd.process import cli, files, params_watch
 from kd.track import store, store_access
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.path_option(ap, "out", "checks/params.ok", "marker the other stages depend on")
     args = ap.parse_args(argv)
-    cli.params_or_exit(args.params)
+    p = cli.params_or_exit(args.params)
+    memory_budget.refuse_what_cannot_fit(p, args.params)  # before any stage allocates it
     with cli.friendly_errors():
         if store.enabled():
             store.probe()
