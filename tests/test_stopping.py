@@ -450,3 +450,39 @@ def test_a_stop_names_the_outputs_it_could_not_put_back(tmp_path):
                    "cache; `dvc pull` fetches it from a remote); then run `python -m "
                    "tools.restore --stage teacher`\n")
     assert {p: (repo / p).read_bytes() for p in data} == data
+
+
+def test_too_little_address_space_to_load_torch_is_one_line_and_the_outputs_come_back(tmp_path):
+    """`ulimit -v` below what torch's libraries need to load: the import fails before the stage's
+    own error handling exists; still one line, exit 1, and the outputs DVC deleted put back."""
+    import resource
+    repo, data = _slow_restore_repo(tmp_path)
+    limit = 400 * 1024 * 1024
+
+    def small():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "stages.teacher"], cwd=repo, capture_output=True,
+                          text=True, timeout=120, preexec_fn=small,
+                          env={**os.environ, "DVC_STAGE": "teacher", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: teacher: out of memory (")
+    assert proc.stderr.endswith("; this process may use at most 409,600 KiB of address space "
+                                "(`ulimit -v`), too little to load torch: raise it\n")
+    assert proc.stderr.count("\n") == 1
+    assert {p: (repo / p).read_bytes() for p in data} == data
+
+
+@pytest.mark.parametrize("where", [None, "--local"])
+def test_the_cache_folder_read_without_dvc_is_dvc_s_own(tmp_path, monkeypatch, where):
+    """Restoring reads `cache.dir` from DVC's config files itself (no `import dvc` on the way
+    out); set by `dvc cache dir`, it must be the folder DVC itself uses."""
+    from dvc.repo import Repo
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no user config of the host's
+    (tmp_path / "repo").mkdir()
+    repo = dvc_repo(tmp_path / "repo")
+    if where:
+        subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", where, "../elsewhere"],
+                       cwd=repo, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    with Repo(str(repo)) as dvc:
+        assert Path(dvc.cache.local.path) == restore_outputs._cache_folder(repo) / "files" / "md5"

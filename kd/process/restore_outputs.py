@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,10 +72,7 @@ def restore_outputs(stage: str | None = None, root: Path = Path(".")) -> Outcome
     if not missing:
         return outcome
     try:
-        from dvc.repo import Repo  # only here: most of a second to import, on the failure path
-
-        with Repo(str(root)) as repo:
-            cache = repo.cache.local
+        with _cache(root) as cache:
             for path, md5 in missing.items():
                 try:
                     _copy_back(cache, md5, root / path)
@@ -83,6 +82,58 @@ def restore_outputs(stage: str | None = None, root: Path = Path(".")) -> Outcome
     except Exception as e:  # noqa: BLE001 - no DVC repository or cache to copy from
         outcome.lost.update({p: _why(e) for p in missing if p not in outcome.restored})
     return outcome
+
+
+class _Objects:
+    """DVC's local cache of md5 objects in a folder: what `repo.cache.local` answers here."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def oid_to_path(self, md5: str) -> str:
+        return str(self.folder / md5[:2] / md5[2:])
+
+
+@contextmanager
+def _cache(root: Path) -> Iterator:
+    """The project's cache of md5 objects. Read from DVC's config files when they set nothing
+    but the cache's folder: no `import dvc` (most of a second, and more memory than a process
+    stopped for lack of it may have); else from DVC itself."""
+    folder = _cache_folder(root)
+    if folder is not None:
+        yield _Objects(folder / "files" / "md5")
+        return
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        yield repo.cache.local
+
+
+def _cache_folder(root: Path) -> Path | None:
+    """`cache.dir` as DVC resolves it (the project's config.local over its config over the user's
+    and the system's; a relative dir is relative to the file that sets it), default .dvc/cache;
+    None when a [cache] section says more than `dir` (a remote as cache, say: DVC decides)."""
+    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    found = root / ".dvc" / "cache"
+    for config in (Path("/etc/xdg/dvc/config"), home / "dvc" / "config",
+                   root / ".dvc" / "config", root / ".dvc" / "config.local"):
+        try:
+            text = config.read_text()
+        except OSError:
+            continue
+        section, keys = "", {}
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("["):
+                section = line.strip("[]'\" ").lower()
+            elif section == "cache" and "=" in line:
+                key, _, value = line.partition("=")
+                keys[key.strip()] = value.strip()
+        if set(keys) - {"dir", "type", "shared", "protected"}:
+            return None
+        if "dir" in keys:
+            found = (config.parent / keys["dir"]).resolve()
+    return found
 
 
 def _why(e: BaseException) -> str:
