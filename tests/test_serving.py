@@ -254,3 +254,13 @@ def test_tools_serve_refuses_what_it_cannot_mean(shipped, server, guarded):
         "message": f"the request is larger than this server's limit of {GUARD_LIMIT:,} bytes "
                    "(tools.serve --max-bytes); send fewer images per request"})
     assert len(invoke(guarded, x[:4].tolist())) == 4
+
+
+def test_tools_query_on_a_folder_that_is_not_a_prepared_dataset_is_one_line(tmp_path, capsys):
+    from tools import query
+    with pytest.raises(SystemExit) as stop:
+        query.main(["--data", str(tmp_path)])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path}: not a prepared dataset (no "
+                                       "meta.json); run the download stage, or pass the folder "
+                                       "it wrote\n")
