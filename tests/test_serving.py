@@ -261,6 +261,6 @@ def test_tools_query_on_a_folder_that_is_not_a_prepared_dataset_is_one_line(tmp_
     with pytest.raises(SystemExit) as stop:
         query.main(["--data", str(tmp_path)])
     assert stop.value.code == 1
-    assert capsys.readouterr().err == (f"error: {tmp_path}: not a prepared dataset (no "
-                                       "meta.json); run the download stage, or pass the folder "
-                                       "it wrote\n")
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'meta.json'}: no such file, so "
+                                       f"{tmp_path} is not a prepared dataset; run the download "
+                                       "stage, or pass the folder it wrote\n")

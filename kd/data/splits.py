@@ -112,8 +112,8 @@ def load(folder: Path) -> Dataset:
     a folder that is not what dvc.lock records a recorded_hashes.Mismatch."""
     path = Path(folder) / "meta.json"
     if not path.is_file():
-        raise UnreadableFile(f"{folder}: not a prepared dataset (no meta.json); run the download "
-                             "stage, or pass the folder it wrote")
+        raise UnreadableFile(f"{path}: no such file, so {folder} is not a prepared dataset; run "
+                             "the download stage, or pass the folder it wrote")
     verify(folder)
     meta = load_json(path, "prepared dataset's meta.json")
     missing = [k for k in META_KEYS if k not in meta]
