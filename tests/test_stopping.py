@@ -486,3 +486,24 @@ def test_the_cache_folder_read_without_dvc_is_dvc_s_own(tmp_path, monkeypatch, w
                        cwd=repo, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     with Repo(str(repo)) as dvc:
         assert Path(dvc.cache.local.path) == restore_outputs._cache_folder(repo) / "files" / "md5"
+
+
+def test_a_full_disk_under_model_costs_only_the_model_and_says_so(tmp_path, request):
+    """model/ on a 1 MiB filesystem, the checkpoint 2 MiB: it cannot come back, the outputs on
+    other filesystems do, and the note names it with the reason; no temporary is left there."""
+    repo = dvc_repo(tmp_path)
+    (repo / "model").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(repo / "model")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs a tmpfs mount (mount as root)")
+    request.addfinalizer(lambda: subprocess.run(["umount", "--lazy", str(repo / "model")]))
+    data = {"model/teacher.pt": os.urandom(2 << 20), "metrics/teacher.json": b"{}\n",
+            "plots/teacher.csv": b"epoch\n1\n"}
+    (repo / "dvc.lock").write_text(json.dumps({"stages": {"teacher": {"outs": [
+        {"path": p, "md5": cache_object(repo, d), "hash": "md5"} for p, d in data.items()]}}}))
+    outcome = restore_outputs.restore_outputs("teacher", repo)
+    assert outcome.restored == ["metrics/teacher.json", "plots/teacher.csv"]
+    assert outcome.lost == {"model/teacher.pt": "cannot write it (No space left on device)"}
+    assert list((repo / "model").iterdir()) == []
+    assert outcome.note() == ("; not restored: model/teacher.pt (cannot write it (No space left "
+                              "on device)); then run `python -m tools.restore --stage teacher`")

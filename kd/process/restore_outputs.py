@@ -165,7 +165,7 @@ def _copy_back(cache, md5: str, dest: Path) -> None:
     obj = _object(cache, md5)
     if not md5.endswith(".dir"):
         with files.atomic_path(dest) as tmp:
-            shutil.copyfile(obj, tmp)
+            _copy(obj, tmp)
         return
     entries = json.loads(obj.read_text())  # a folder: DVC's manifest of relpath and md5
     sources = [(e["relpath"], _object(cache, e["md5"])) for e in entries]
@@ -173,4 +173,13 @@ def _copy_back(cache, md5: str, dest: Path) -> None:
         for rel, source in sources:
             target = Path(tmp) / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            _copy(source, target)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A write that fails is about the output, not the cache object it was read from (which an
+    OSError from copyfile would name)."""
+    try:
+        shutil.copyfile(source, target)
+    except OSError as e:
+        raise _NotRestorable(f"cannot write it ({e.strerror or e})") from None
