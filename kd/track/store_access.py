@@ -12,7 +12,9 @@ A server is spoken to through MLflow's REST API with urllib (the check stays qui
 itself takes seconds to import), with the variables MLflow's client reads: MLFLOW_TRACKING_TOKEN
 (bearer) or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (basic), and
 MLFLOW_TRACKING_INSECURE_TLS / MLFLOW_TRACKING_SERVER_CERT_PATH. An authentication plugin
-(MLFLOW_TRACKING_AUTH) is not replayed here: with one set, the server is only probed.
+(MLFLOW_TRACKING_AUTH) is not replayed here: with one set, the server is only probed. A
+PostgreSQL, MySQL or SQL Server store, or Databricks, passes on its scheme alone: proving it
+would need its driver or SDK here; the first stage's call then reports a refusal in one line.
 """
 
 from __future__ import annotations
