@@ -27,7 +27,15 @@ def test_a_folder_s_md5_is_the_one_dvc_records(tmp_path):
     subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data"], cwd=tmp_path, check=True,
                    env=env)
     recorded = (tmp_path / "data.dvc").read_text()
-    assert f"md5: {manifest_md5(manifest(folder))}" in recorded
+    md5 = manifest_md5(manifest(folder))
+    assert f"md5: {md5}" in recorded
+    # Recorded as a stage's output, with its manifest in the cache: a changed file is named.
+    lock(tmp_path, download=("data", md5))
+    verify(folder)
+    (folder / "sub/x.pt").write_bytes(b"\x00\x02")
+    with pytest.raises(Mismatch, match=r"data/sub/x.pt: its content does not match the md5 "
+                                       r"dvc.lock records for .*data \(corrupt"):
+        verify(folder)
 
 
 def lock(root, **outs):

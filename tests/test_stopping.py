@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from kd.process import params_watch, restore_outputs
+from kd.process import params_watch, recorded_hashes, restore_outputs
 from kd.track import store
 from tests.conftest import ROOT
 
@@ -485,7 +485,7 @@ def test_the_cache_folder_read_without_dvc_is_dvc_s_own(tmp_path, monkeypatch, w
         subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", where, "../elsewhere"],
                        cwd=repo, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     with Repo(str(repo)) as dvc:
-        assert Path(dvc.cache.local.path) == restore_outputs._cache_folder(repo) / "files" / "md5"
+        assert Path(dvc.cache.local.path) == recorded_hashes.cache_folder(repo) / "files" / "md5"
 
 
 def test_a_full_disk_under_model_costs_only_the_model_and_says_so(tmp_path, request):

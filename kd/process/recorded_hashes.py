@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -45,6 +46,33 @@ def manifest(folder: Path) -> list[dict]:
 def manifest_md5(entries: list[dict]) -> str:
     """The name DVC 3 gives a folder: the md5 of its manifest as JSON with sorted keys."""
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def cache_folder(root: Path) -> Path | None:
+    """`cache.dir` as DVC resolves it (the project's config.local over its config over the user's
+    and the system's; a relative dir is relative to the file that sets it), default .dvc/cache;
+    None when a [cache] section says more than `dir` (a remote as cache, say: DVC decides)."""
+    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    found = root / ".dvc" / "cache"
+    for config in (Path("/etc/xdg/dvc/config"), home / "dvc" / "config",
+                   root / ".dvc" / "config", root / ".dvc" / "config.local"):
+        try:
+            text = config.read_text()
+        except OSError:
+            continue
+        section, keys = "", {}
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("["):
+                section = line.strip("[]'\" ").lower()
+            elif section == "cache" and "=" in line:
+                key, _, value = line.partition("=")
+                keys[key.strip()] = value.strip()
+        if set(keys) - {"dir", "type", "shared", "protected"}:
+            return None
+        if "dir" in keys:
+            found = (config.parent / keys["dir"]).resolve()
+    return found
 
 
 def _lock_of(path: Path) -> Path | None:
@@ -85,8 +113,30 @@ def verify(path: str | Path) -> None:
         return
     want, stage, _ = found
     path = Path(path)
-    got = manifest_md5(manifest(path)) if path.is_dir() else md5_file(path)
+    entries = manifest(path) if path.is_dir() else None
+    got = manifest_md5(entries) if entries is not None else md5_file(path)
     if got != want:
-        raise Mismatch(f"{path}: its content does not match the md5 dvc.lock records for it "
-                       f"(corrupt, or changed outside DVC); put it back with `dvc checkout -f "
-                       f"{path}` or rerun its stage with `dvc repro -f -s {stage}`")
+        which = _first_difference(path, entries, want) if entries is not None else None
+        named = f"{which}: its content does not match the md5 dvc.lock records for {path}" \
+            if which else f"{path}: its content does not match the md5 dvc.lock records for it"
+        raise Mismatch(f"{named} (corrupt, or changed outside DVC); put it back with `dvc "
+                       f"checkout -f {path}` or rerun its stage with `dvc repro -f -s {stage}`")
+
+
+def _first_difference(folder: Path, entries: list[dict], want: str) -> Path | None:
+    """The first file of `folder` whose md5 is not the one DVC's cached manifest lists for it
+    (a file added or missing counts); None without the manifest in the cache."""
+    lock = _lock_of(folder.absolute())
+    cache = cache_folder(lock.parent) if lock is not None else None
+    if cache is None:
+        return None
+    try:
+        listed = json.loads((cache / "files" / "md5" / want[:2] / want[2:]).read_text())
+        recorded_entries = {e["relpath"]: e["md5"] for e in listed}
+    except (OSError, ValueError, KeyError, TypeError):  # not in the cache, or not a manifest
+        return None
+    present = {e["relpath"]: e["md5"] for e in entries}
+    for rel in sorted(present.keys() | recorded_entries.keys()):
+        if present.get(rel) != recorded_entries.get(rel):
+            return folder / rel
+    return None

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from kd.process import files
-from kd.process.recorded_hashes import md5_file
+from kd.process.recorded_hashes import cache_folder, md5_file
 
 
 @dataclass
@@ -99,7 +99,7 @@ def _cache(root: Path) -> Iterator:
     """The project's cache of md5 objects. Read from DVC's config files when they set nothing
     but the cache's folder: no `import dvc` (most of a second, and more memory than a process
     stopped for lack of it may have); else from DVC itself."""
-    folder = _cache_folder(root)
+    folder = cache_folder(root)
     if folder is not None:
         yield _Objects(folder / "files" / "md5")
         return
@@ -107,33 +107,6 @@ def _cache(root: Path) -> Iterator:
 
     with Repo(str(root)) as repo:
         yield repo.cache.local
-
-
-def _cache_folder(root: Path) -> Path | None:
-    """`cache.dir` as DVC resolves it (the project's config.local over its config over the user's
-    and the system's; a relative dir is relative to the file that sets it), default .dvc/cache;
-    None when a [cache] section says more than `dir` (a remote as cache, say: DVC decides)."""
-    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    found = root / ".dvc" / "cache"
-    for config in (Path("/etc/xdg/dvc/config"), home / "dvc" / "config",
-                   root / ".dvc" / "config", root / ".dvc" / "config.local"):
-        try:
-            text = config.read_text()
-        except OSError:
-            continue
-        section, keys = "", {}
-        for line in text.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line.startswith("["):
-                section = line.strip("[]'\" ").lower()
-            elif section == "cache" and "=" in line:
-                key, _, value = line.partition("=")
-                keys[key.strip()] = value.strip()
-        if set(keys) - {"dir", "type", "shared", "protected"}:
-            return None
-        if "dir" in keys:
-            found = (config.parent / keys["dir"]).resolve()
-    return found
 
 
 def _why(e: BaseException) -> str:
