@@ -18,8 +18,9 @@ touched. Run: python -m stages.check
 from __future__ import annotations
 
 from kd import losses
+from kd.config import memory_budget
 from kd.process import cli, files, params_watch
-from kd.track import store
+from kd.track import store, store_access
 
 OK = "params.yaml passed the checks of kd/config/params.py and kd/losses/\n"
 
@@ -28,10 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     cli.path_option(ap, "out", "checks/params.ok", "marker the other stages depend on")
     args = ap.parse_args(argv)
-    cli.params_or_exit(args.params, losses.validate)
+    p = cli.params_or_exit(args.params, losses.validate)
+    memory_budget.refuse_what_cannot_fit(p, args.params)  # before any stage allocates it
     with cli.friendly_errors():
         if store.enabled():
-            store.probe()
+            store_access.probe()
+            store_access.prove()  # a usable store: its kind, a login, a read and a write
         params_watch.record(args.params)
         files.write_text(args.out, OK)
     print(f"check: {args.params} is valid")

@@ -97,7 +97,8 @@ TOY_DATASET = '''"""toy: random 28x28 images in MNIST's format, for this test.""
 
 from kd.datasets import Dataset
 
-DATASET = Dataset(name="toy", classes=10, side=28, presets=(), format="idx",
+DATASET = Dataset(name="toy", classes=10, side=28, channels=1, train_images=300, presets=(),
+                  format="idx",
                   class_names=tuple("abcdefghij"), checksums={sums!r},
                   offline="put the four IDX files in a folder and set data.root to it")
 '''

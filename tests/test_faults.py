@@ -14,6 +14,7 @@ import sys
 import mlflow
 import pytest
 import torch
+import yaml
 
 from kd.track import lookup as lookup
 from stages import check, distill, report, soft_targets, teacher
@@ -165,7 +166,60 @@ def read_only_mlflow_store(project, monkeypatch, request):
     return teacher, "mlflow.db: not writable; make it writable or set MLFLOW_TRACKING_URI"
 
 
-FAULTS = [truncated_checkpoint, zero_byte_checkpoint, checkpoint_where_soft_targets_belong,
+def record_in_dvc_lock(project):
+    """A dvc.lock recording the outputs as they are, as `dvc repro` leaves it."""
+    from kd.process.recorded_hashes import manifest, manifest_md5, md5_file
+    out = lambda path, md5: {"path": path, "hash": "md5", "md5": md5}  # noqa: E731
+    lock = {"schema": "2.0", "stages": {
+        "download": {"outs": [out("data/digits", manifest_md5(manifest(project / "data/digits")))]},
+        "teacher": {"outs": [out("model/teacher.pt", md5_file(project / "model/teacher.pt"))]},
+        "soft_targets": {"outs": [out("model/soft_targets.pt",
+                                      md5_file(project / "model/soft_targets.pt"))]}}}
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+
+def flip_bytes(path, count):
+    """Invert `count` bytes in the middle of a file: it still unpickles, with other numbers."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 - count // 2
+    data[start:start + count] = bytes(b ^ 0xFF for b in data[start:start + count])
+    path.write_bytes(bytes(data))
+
+
+def corrupt_teacher_dvc_recorded(project, monkeypatch, request):
+    record_in_dvc_lock(project)
+    flip_bytes(project / "model/teacher.pt", 2000)
+    return soft_targets, ("model/teacher.pt: its content does not match the md5 dvc.lock records "
+                          "for it (corrupt, or changed outside DVC); put it back with `dvc "
+                          "checkout -f model/teacher.pt` or rerun its stage with `dvc repro -f "
+                          "-s teacher`")
+
+
+def corrupt_soft_targets_dvc_recorded(project, monkeypatch, request):
+    record_in_dvc_lock(project)
+    flip_bytes(project / "model/soft_targets.pt", 3000)
+    return distill, "model/soft_targets.pt: its content does not match the md5 dvc.lock records"
+
+
+def corrupt_split_dvc_recorded(project, monkeypatch, request):
+    record_in_dvc_lock(project)
+    flip_bytes(project / "data/digits/train.pt", 100)
+    return teacher, ("data/digits: its content does not match the md5 dvc.lock records for it "
+                     "(corrupt, or changed outside DVC); put it back with `dvc checkout -f "
+                     "data/digits` or rerun its stage with `dvc repro -f -s download`")
+
+
+def labels_beyond_the_class_count(project, monkeypatch, request):
+    split = torch.load(project / "data/digits/val.pt", weights_only=True)
+    split["y"][0] = 10  # digits has classes 0..9
+    torch.save(split, project / "data/digits/val.pt")
+    return teacher, ("data/digits/val.pt: labels run from 0 to 10, but meta.json names 10 classes "
+                     "(0 to 9); rerun the download stage")
+
+
+FAULTS = [corrupt_teacher_dvc_recorded, corrupt_soft_targets_dvc_recorded,
+          corrupt_split_dvc_recorded, labels_beyond_the_class_count,
+          truncated_checkpoint, zero_byte_checkpoint, checkpoint_where_soft_targets_belong,
           soft_targets_where_a_checkpoint_belongs, soft_targets_of_another_teacher,
           soft_targets_of_another_split, pickle_payload_despite_env,
           corrupt_metrics_file, mangled_history_csv, model_folder_is_a_file,
@@ -241,3 +295,10 @@ def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_li
     assert torch.load(project / "model/teacher.pt", weights_only=True)["arch"] == "mlp:256-256"
     assert not list(project.rglob("*.tmp")) and not list(project.rglob(".*.tmp*"))
     assert not list(staging.glob("mlflow-*"))
+
+
+def test_inputs_that_match_dvc_lock_are_used(project):
+    """The check refuses only a mismatch: recorded and intact, every stage reads its inputs."""
+    record_in_dvc_lock(project)
+    for name in ("teacher", "soft_targets", "distill"):
+        run_stage(name)

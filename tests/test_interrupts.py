@@ -179,6 +179,42 @@ def test_stopping_dvc_repro_stops_the_stage_in_seconds(clean, how, shell):
         assert_stopped_cleanly(repo, err, "SIGTERM", run.info.run_id)
 
 
+def test_ctrl_c_twice_a_second_apart_still_puts_every_output_back(clean):
+    """The second Ctrl-C arrives while the first is closing the run or copying the outputs back
+    from DVC's cache: it waits for the copies (kd/process/interrupt.py `shielded`)."""
+    repo = clean
+    began = time.time()
+    set_params(repo, LONG)
+    proc = start(repo, "dvc", "repro", "-f", "-s", "teacher")
+    run = wait_for(lambda: training(repo, began), 120, "the teacher trains")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    assert_stopped_cleanly(repo, output(proc)[1], "SIGINT", run.info.run_id)
+
+
+def test_a_corrupt_teacher_is_refused_before_soft_targets_use_it(clean):
+    """2000 bytes flipped in model/teacher.pt still unpickle (weights of noise: transfer-set
+    accuracy 0.10): the soft_targets stage compares the file with dvc.lock's md5 first."""
+    repo = clean
+    path = repo / "model/teacher.pt"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 2000] = bytes(b ^ 0xFF for b in data[middle:middle + 2000])
+    path.write_bytes(bytes(data))
+    before = md5s(repo, lock_outs(repo, "soft_targets"))
+    proc = subprocess.run(["dvc", "repro", "-s", "soft_targets"], cwd=repo, capture_output=True,
+                          text=True, timeout=300, env=env())
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: model/teacher.pt: its content does not match the md5 dvc.lock "
+                      "records for it (corrupt, or changed outside DVC); put it back with `dvc "
+                      "checkout -f model/teacher.pt` or rerun its stage with `dvc repro -f -s "
+                      "teacher`"], proc.stderr
+    assert md5s(repo, before) == before
+
+
 @pytest.mark.parametrize("kill", [["dvc", "queue", "kill", "-f", "long"],
                                   ["dvc", "queue", "stop", "--kill"]])
 def test_the_queue_kill_stops_the_stage(clean, kill):
@@ -346,10 +382,13 @@ def test_a_second_exp_run_in_the_workspace_stops_the_first_before_it_registers(c
     assert md5s(repo, outs) == outs
 
 
-def test_a_hostile_experiment_name_is_text_in_the_report(clean):
+def test_a_hostile_experiment_name_runs_and_stays_out_of_the_report(clean):
+    """The name is DVC's and MLflow's (the pipeline run's name); report.md holds none, so the same
+    inputs give the same report whatever the experiment is called (tools.sweep's tables show
+    names as code spans: tests/test_reporting.py)."""
     repo = clean
     name = "a`<h1>INJ<marquee>"
     sh(repo, "dvc", "exp", "run", "-n", name, "-S", "T=3")
     report = (repo / "report/report.md").read_text()
-    assert f"Experiment ``{name}``" in report
-    assert "<h1>" not in report.replace(f"``{name}``", "")
+    assert "INJ" not in report and "<h1>" not in report
+    assert name in sh(repo, "dvc", "exp", "ls", "--name-only")

@@ -3,6 +3,7 @@ HTTP requests with exactly the predictions metrics/distilled.json was computed f
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 
 from kd.process import files
 from kd.track import model_registry
-from tests.conftest import STAGES, metrics_file, project, run_stage
+from tests.conftest import ROOT, STAGES, metrics_file, project, run_stage
 from tools.query import invoke
 
 
@@ -116,18 +117,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(shipped):
+def _serve(shipped, *command: str):
+    """Start a scoring server on the shipped student; yields its /invocations URL."""
     folder, uri = shipped
     port = _free_port()
     # The server starts `uvicorn` by name: this environment's, as under `uv run`.
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": str(ROOT),
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
-         f"models:/distilled-student@{model_registry.alias('digits')}", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    model = f"models:/distilled-student@{model_registry.alias('digits')}"
+    proc = subprocess.Popen([sys.executable, "-m", *command, "-m", model, "-p", str(port)],
+                            cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -143,6 +144,20 @@ def server(shipped):
     yield f"http://127.0.0.1:{port}/invocations"
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(shipped):
+    yield from _serve(shipped, "mlflow", "models", "serve", "--env-manager", "local",
+                      "-h", "127.0.0.1", "-w", "1")
+
+
+GUARD_LIMIT = 300_000  # bytes: about 1,000 digits images as JSON; the 100,000-deep test fits
+
+
+@pytest.fixture(scope="module")
+def guarded(shipped):
+    yield from _serve(shipped, "tools.serve", "--max-bytes", str(GUARD_LIMIT))
 
 
 def test_the_served_student_answers_with_the_predictions_its_metrics_came_from(shipped, server):
@@ -185,3 +200,67 @@ def test_a_malformed_request_gets_a_4xx_and_the_server_lives_on(shipped, server,
     assert message.lower() in text.lower(), text[-500:]
     # and it still serves
     assert len(invoke(server, x.tolist())) == 4
+
+
+def test_tools_serve_answers_as_mlflow_serves(shipped, server, guarded):
+    folder, _ = shipped
+    x = torch.load(folder / "data/digits/test.pt")["x"][:50]
+    assert invoke(guarded, x.tolist()) == invoke(server, x.tolist())
+    # MLflow's own refusals pass through unchanged
+    assert _refusal(guarded, x[:, :, :4].tolist()) == _refusal(server, x[:, :, :4].tolist())
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        return e.code, json.loads(text) if e.headers.get_content_type() == "application/json" \
+            else text.decode(errors="replace")
+
+
+def test_tools_serve_refuses_what_it_cannot_mean(shipped, server, guarded):
+    """Each a clear 4xx, where MLflow's own server takes a boolean as 1, answers deep nesting
+    with a bare 500 and reads any size; the server lives on."""
+    folder, _ = shipped
+    x = torch.load(folder / "data/digits/test.pt")["x"]
+    one = x[:1].tolist()
+    with_true = json.dumps({"inputs": one}).replace("0", "true", 1).encode()
+    assert _post(server, with_true)[0] == 200  # the defect: true read as the pixel value 1
+    code, answer = _post(guarded, with_true)
+    assert (code, answer["error_code"]) == (400, "BAD_REQUEST")
+    assert answer["message"].startswith("a boolean (true or false) where a number belongs")
+
+    # The README's literal request, and its answer as the README shows it
+    readme = (ROOT / "README.md").read_text()
+    request, answer = re.search(r"-d '(.*?)'`\s+answers `(.*?)`", readme).groups()
+    code, text = _post(guarded, request.encode())
+    assert (code, text) == (400, json.loads(answer))
+
+    deep = b'{"inputs": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    assert _post(server, deep)[0] == 500  # the defect: a RecursionError in MLflow's parser
+    assert _post(guarded, deep) == (400, {
+        "error_code": "BAD_REQUEST",
+        "message": "the JSON is nested too deep to read; this model takes at most 6 levels"})
+    code, answer = _post(guarded, json.dumps({"inputs": [[[[[[1] * 8] * 8]]]]}).encode())
+    assert code == 400 and answer["message"].startswith("the JSON is nested 7 deep; this model's")
+
+    big = json.dumps({"inputs": x.repeat(6, 1, 1, 1).tolist()}).encode()
+    assert len(big) > GUARD_LIMIT
+    assert _post(guarded, big) == (413, {
+        "error_code": "REQUEST_TOO_LARGE",
+        "message": f"the request is larger than this server's limit of {GUARD_LIMIT:,} bytes "
+                   "(tools.serve --max-bytes); send fewer images per request"})
+    assert len(invoke(guarded, x[:4].tolist())) == 4
+
+
+def test_tools_query_on_a_folder_that_is_not_a_prepared_dataset_is_one_line(tmp_path, capsys):
+    from tools import query
+    with pytest.raises(SystemExit) as stop:
+        query.main(["--data", str(tmp_path)])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'meta.json'}: no such file, so "
+                                       f"{tmp_path} is not a prepared dataset; run the download "
+                                       "stage, or pass the folder it wrote\n")

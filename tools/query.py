@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from kd.data import splits
+from kd.errors import PipelineError
 
 
 def invoke(url: str, images: list, timeout: float = 60.0) -> list[list[float]]:
@@ -46,7 +47,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="prepared dataset folder (default: data/fashion-mnist)")
     args = ap.parse_args(argv)
 
-    ds = splits.load(args.data)
+    try:
+        ds = splits.load(args.data)
+    except PipelineError as e:  # not a prepared dataset, or not the one dvc.lock records
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     x, y = ds.test.x[:args.n], ds.test.y[:args.n]
     url = f"http://{args.host}:{args.port}/invocations"
     try:

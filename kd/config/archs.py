@@ -14,11 +14,12 @@ ARCH_HELP = "mlp:<width>-<width>..., cnn:<channels>-<channels>..., resnet<6n+2>x
 
 def parse_arch(spec: str) -> tuple[str, tuple[int, ...]] | None:
     """'mlp:800-800' -> ('mlp', (800, 800)); 'resnet8x4' -> ('resnet', (8,)); bad -> None."""
-    m = re.fullmatch(r"(mlp|cnn):(\d+(?:-\d+)*)", spec)
+    # [0-9], not \d: \d takes any script's digits ('mlp:٨٠٠'), which DVC shows as they are
+    m = re.fullmatch(r"(mlp|cnn):([0-9]+(?:-[0-9]+)*)", spec)
     if m:
         sizes = tuple(int(s) for s in m.group(2).split("-"))
         return (m.group(1), sizes) if all(s > 0 for s in sizes) else None
-    m = re.fullmatch(r"resnet(\d+)x4", spec)
+    m = re.fullmatch(r"resnet([0-9]+)x4", spec)
     if m and int(m.group(1)) >= 8 and (int(m.group(1)) - 2) % 6 == 0:
         return ("resnet", (int(m.group(1)),))
     return None

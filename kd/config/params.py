@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
-import yaml
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, WrapValidator, with_config
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from kd import datasets
+from kd.config import params_file
 from kd.config.archs import ARCH_HELP, parse_arch
 from kd.datasets import resolve_arch
 from kd.errors import PipelineError
@@ -234,11 +234,11 @@ def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; a missing or unparsable file is a ParamsError too."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = params_file.read(path)  # as DVC reads it: UTF-8, no duplicate key, bounded
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (params_file.ParamsFileError, OSError) as e:
+        raise ParamsError(f"{path}: {e.strerror if isinstance(e, OSError) else e}") from None
     try:
         return validate(raw)
     except ParamsError as e:  # every message names the file once, then the key

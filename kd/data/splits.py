@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from kd.process.files import UnreadableFile, atomic_dir, load_json, load_torch, torch_bytes
+from kd.process.recorded_hashes import verify
 
 SPLITS = ("train", "val", "test")
 META_KEYS = ("dataset", "classes", "mean", "std")
@@ -107,8 +108,13 @@ def save(folder: Path, name: str, train: Split, val: Split, test: Split,
 
 
 def load(folder: Path) -> Dataset:
-    """Read what `save` wrote; a missing, truncated or corrupt file is an UnreadableFile naming it."""
+    """Read what `save` wrote; a missing, truncated or corrupt file is an UnreadableFile naming it,
+    a folder that is not what dvc.lock records a recorded_hashes.Mismatch."""
     path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise UnreadableFile(f"{path}: no such file, so {folder} is not a prepared dataset; run "
+                             "the download stage, or pass the folder it wrote")
+    verify(folder)
     meta = load_json(path, "prepared dataset's meta.json")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
@@ -117,10 +123,27 @@ def load(folder: Path) -> Dataset:
     splits = {}
     for s in SPLITS:
         d = load_torch(path.parent / f"{s}.pt", required=("x", "y"), what="prepared split")
-        splits[s] = Split(d["x"], d["y"])
+        splits[s] = _checked(path.parent / f"{s}.pt", d, len(meta["classes"]))
     return Dataset(meta["dataset"], splits["train"], splits["val"], splits["test"],
                    tuple(meta["classes"]), torch.tensor(meta["mean"]), torch.tensor(meta["std"]),
                    meta.get("split", {}))
+
+
+def _checked(path: Path, d: dict, classes: int) -> Split:
+    """A split as training needs it: uint8 images (N, C, H, W) and one label in [0, classes) per
+    image. A label past the class count would fail deep in cross_entropy as an IndexError."""
+    x, y = d["x"], d["y"]
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4):
+        raise UnreadableFile(f"{path}: x is not uint8 images (N, C, H, W); rerun the download stage")
+    if not (isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point()
+            and len(y) == len(x)):
+        raise UnreadableFile(f"{path}: y is not one integer label per image; rerun the download "
+                             "stage")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise UnreadableFile(f"{path}: labels run from {int(y.min())} to {int(y.max())}, but "
+                             f"meta.json names {classes} classes (0 to {classes - 1}); rerun the "
+                             "download stage")
+    return Split(x, y.long())
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,8 @@ class Dataset:
     name: str  # its module's name, which is `dataset`'s value
     classes: int
     side: int  # image side in pixels (square images)
+    channels: int  # 1 grey, 3 colour
+    train_images: int  # in its training split, before validation is held out (memory estimates)
     presets: tuple[str, ...]  # conf/preset/ files made for it, besides `none`
     format: str  # one of FORMATS
     class_names: tuple[str, ...] = ()  # () where its files name them (CIFAR's meta file)

@@ -4,7 +4,8 @@
 from kd.datasets import Dataset
 
 DATASET = Dataset(
-    name="cifar10", classes=10, side=32, presets=("cifar100-resnet",), format="cifar",
+    name="cifar10", classes=10, side=32, channels=3, train_images=50_000,
+    presets=("cifar100-resnet",), format="cifar",
     torchvision="CIFAR10",
     offline="put cifar-10-python.tar.gz, or its extracted cifar-10-batches-py folder, in a folder "
             "and set data.root to it")

@@ -3,5 +3,7 @@ smoke runs and tests; nothing to download."""
 
 from kd.datasets import Dataset
 
-DATASET = Dataset(name="digits", classes=10, side=8, presets=(), format="sklearn-digits",
-                  class_names=tuple(map(str, range(10))))
+DATASET = Dataset(
+    name="digits", classes=10, side=8, channels=1, train_images=1_500,
+    presets=(), format="sklearn-digits",
+    class_names=tuple(map(str, range(10))))

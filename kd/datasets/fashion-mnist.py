@@ -4,7 +4,8 @@ the default dataset, installed offline by the Debian / Ubuntu package `dataset-f
 from kd.datasets import Dataset
 
 DATASET = Dataset(
-    name="fashion-mnist", classes=10, side=28, presets=("hinton-mnist", "patient-consistent"),
+    name="fashion-mnist", classes=10, side=28, channels=1, train_images=60_000,
+    presets=("hinton-mnist", "patient-consistent"),
     format="idx",
     class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"),

@@ -4,7 +4,8 @@ section 3 (`-S preset=hinton-mnist`)."""
 from kd.datasets import Dataset
 
 DATASET = Dataset(
-    name="mnist", classes=10, side=28, presets=("hinton-mnist", "patient-consistent"),
+    name="mnist", classes=10, side=28, channels=1, train_images=60_000,
+    presets=("hinton-mnist", "patient-consistent"),
     format="idx", class_names=tuple(map(str, range(10))),
     checksums={  # SHA-256 of the decompressed IDX files: recompressed copies have other .gz sums
         "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

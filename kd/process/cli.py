@@ -82,12 +82,12 @@ def params_or_exit(path: str, *checks: Callable[[Params], object]) -> Params:
         params_watch.loaded(path)
         numerics.apply(p.numerics)
     except (ParamsError, params_watch.ParamsChanged) as e:
-        _keep_outputs()
-        print(f"error: {e}", file=sys.stderr)  # the message starts with the file's name
+        note = _keep_outputs()
+        print(f"error: {e}{note}", file=sys.stderr)  # the message starts with the file's name
         raise SystemExit(2) from None
     except numerics.NumericsError as e:
-        _keep_outputs()
-        print(f"error: {path}: {e}", file=sys.stderr)
+        note = _keep_outputs()
+        print(f"error: {path}: {e}{note}", file=sys.stderr)
         raise SystemExit(2) from None
     return p
 
@@ -109,26 +109,33 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except interrupt.Interrupted as e:
-        _keep_outputs()
-        print(f"{_rank()}{interrupt.message(e)}", file=sys.stderr, flush=True)
+        note = _keep_outputs()
+        print(f"{_rank()}{interrupt.message(e)}{note}", file=sys.stderr, flush=True)
         raise SystemExit(e.exit_status) from None
     except PipelineError as e:
-        _keep_outputs()
-        print(f"error: {_rank()}{e}", file=sys.stderr)
+        note = _keep_outputs()
+        print(f"error: {_rank()}{e}{note}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as e:
-        _keep_outputs()
+        note = _keep_outputs()
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {_rank()}{where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {_rank()}{where}{e.strerror or e}{note}", file=sys.stderr)
         raise SystemExit(1) from None
     except BaseException:  # a bug: its traceback follows, and the outputs are kept all the same
         _keep_outputs()
         raise
 
 
-def _keep_outputs() -> None:
-    if distributed.is_main():  # one rank puts the files back
-        restore_outputs.restore_outputs()
+def _keep_outputs() -> str:
+    """Put the stage's outputs back, whatever signals arrive meanwhile (a second Ctrl-C must not
+    cut a copy short); '' or the note naming what is still missing, for the one line."""
+    if not distributed.is_main():  # one rank puts the files back
+        return ""
+    with interrupt.shielded():
+        return restore_outputs.restore_outputs().note()
+
+
+interrupt.at_exit(_keep_outputs)  # a second stop signal ends the process: outputs back first
 
 
 def _rank() -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kd.errors import PipelineError
 from kd.process.identity import pid_alive
+from kd.process.recorded_hashes import verify
 
 
 class UnreadableFile(PipelineError):
@@ -182,13 +183,15 @@ def load_torch(path: str | Path, required: tuple[str, ...] = (), what: str = "to
     a crafted file cannot run code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says).
 
     Raises UnreadableFile, one line naming the file, when it is missing, truncated, not a torch
-    file, or lacks one of the `required` keys (a teacher checkpoint where soft targets belong).
+    file, or lacks one of the `required` keys (a teacher checkpoint where soft targets belong);
+    recorded_hashes.Mismatch when its bytes are not those dvc.lock records for it.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise UnreadableFile(f"{path}: no such file (run the stage that writes it)")
+    verify(path)  # a flipped byte can still unpickle: weights of noise, read without a word
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # RuntimeError, EOFError, UnpicklingError, BadZipFile, ...

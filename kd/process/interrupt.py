@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +32,21 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 1.0
 _held = 0  # how many deferred() blocks the main thread is in (handlers run in the main thread)
 _pending: int | None = None  # the stop signal a deferred() block holds back
+
+
+def _restore_outputs() -> str:
+    """Put the stage's outputs back (kd/process/restore_outputs.py); under torchrun rank 0 only.
+    The note its one line must add: '' or what is still missing."""
+    if os.environ.get("RANK", "0") != "0":
+        return ""
+    from kd.process import restore_outputs  # on the way out only
+
+    return restore_outputs.restore_outputs().note()
+
+
+# What must run before the process ends however it stops, even before kd/process/cli.py is
+# imported (a stop, or too little memory, while torch loads); cli registers its own (at_exit).
+_last_words: Callable[[], str] = _restore_outputs
 
 
 class Interrupted(BaseException):
@@ -89,19 +104,89 @@ def deferred() -> Iterator[None]:
             raise Interrupted(signum)
 
 
+def at_exit(last_words: Callable[[], str]) -> None:
+    """Run `last_words` (shielded) before a stop signal ends the process at once; its answer ends
+    the one line."""
+    global _last_words
+    _last_words = last_words
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Stop signals that arrive inside the block are ignored: what it does (putting a stage's
+    outputs back) must not be cut short, and the process is on its way out already. Only where
+    handlers are installed (a stage's own process); elsewhere a no-op."""
+    if signal.getsignal(signal.SIGINT) not in (_raise, _exit_now, _ignore):
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _ignore)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _ignore(signum: int, frame) -> None:
+    pass
+
+
 def _exit_now(signum: int, frame) -> None:
-    print(message(Interrupted(signum)), file=sys.stderr, flush=True)
+    """A second signal: stop waiting for whatever was closing (a store call that hangs), but put
+    the stage's outputs back first: a copy cut short would lose them silently."""
+    with shielded():
+        note = _safely(_last_words)
+        print(message(Interrupted(signum)) + note, file=sys.stderr, flush=True)
     os._exit(128 + signum)
+
+
+def _safely(call: Callable[[], str]) -> str:
+    try:
+        return call()
+    except Exception:  # noqa: BLE001 - the process is ending: the stop's line still goes out
+        return ""
 
 
 def _one_line_if_interrupted(kind, value, tb) -> None:
     """An interrupt outside kd/process/cli.py's handling (while the stage imports torch, say): the same
-    one line and exit status, not a traceback."""
+    one line and exit status, not a traceback. So is running out of memory there (torch's
+    libraries need gigabytes of address space to load: `ulimit -v` below that)."""
+    line, status = None, 1
     if isinstance(value, Interrupted):
-        print(message(value), file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(value.exit_status)
-    sys.__excepthook__(kind, value, tb)
+        line, status = message(value), value.exit_status
+    elif out_of_memory(value):
+        line = f"error: {stage_name()}: out of memory ({_first_line(value)}){_address_limit()}"
+    if line is None:
+        sys.__excepthook__(kind, value, tb)
+        return
+    with shielded():
+        note = _safely(_last_words)
+    print(line + note, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or a shared library the loader could not map (ImportError or OSError)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or (isinstance(e, ImportError | OSError) and any(
+        w in text for w in ("failed to map segment", "Cannot allocate memory")))
+
+
+def _first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:200]
+
+
+def _address_limit() -> str:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return "; free memory or run it on a larger machine"
+    return (f"; this process may use at most {soft // 1024:,} KiB of address space (`ulimit -v`), "
+            "too little to load torch: raise it")
 
 
 def _cmdline(pid: int) -> list[str]:

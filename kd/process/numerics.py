@@ -69,11 +69,11 @@ def _params_path(argv: list[str]) -> Path:
 
 
 def _mode_in(path: Path) -> str:
-    import yaml
+    from kd.config import params_file  # read as validation reads it: no traceback from here
 
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        raw = params_file.read(path)
+    except (OSError, params_file.ParamsFileError):
         return "portable"
     mode = raw.get("numerics") if isinstance(raw, dict) else None
     return mode if mode in MODES else "portable"

@@ -46,7 +46,7 @@ import torch
 
 from kd.process import files, interrupt, numerics, project, wait_policy
 from kd.process.identity import process_id
-from kd.track import model_registry, run_ends, store
+from kd.track import model_registry, run_ends, store, store_access
 from kd.track.lineage import run_tags
 from kd.track.store import experiment_label, tracking_uri
 
@@ -215,7 +215,7 @@ def stage_run(stage: str, dataset: str, params: dict, tags: dict | None = None,
                                        }.items() if v not in (None, "")}
     # MLflow stages models in the temp folder: keep that inside the project (see above).
     with store.errors():
-        store.probe()  # a store that is down is one line now, not a wait at the stage's end
+        store_access.probe()  # a store that is down is one line now, not a wait at the stage's end
         staging = run_ends.staging_dir()
     tempfile.tempdir = str(staging)
     try:

@@ -14,18 +14,18 @@ A store that is down or locked (a server restarting, a neighbour holding SQLite'
 waited for, not fought: `patiently` retries a call with backoff for at most `wait_seconds()`
 (`KD_STORE_WAIT`, default 60) and then gives up with one line. MLflow's own HTTP retries (7, with
 backoff: about ten minutes of silence) and its 120 s request timeout are cut to none and 10 s, so
-that this bound is the only one. `probe()` is the check stage's quick look at the store.
+that this bound is the only one. Whether the store is there and usable: kd/track/store_access.py.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,7 +65,24 @@ def _refusal(e: Exception, wait: float = 0.0) -> TrackingError:
     """The one line for a store's refusal, saying how long it was waited for if it was."""
     retried = transient(e)
     waited = f" (gave up after {wait:.0f} s)" if retried and wait else ""
-    return TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}{waited}", retried)
+    hint = _write_limits() if permanent(e) else ""
+    return TrackingError(f"MLflow store {tracking_uri()}: {_reason(e)[:300]}{hint}{waited}", retried)
+
+
+def _write_limits() -> str:
+    """What SQLite's 'disk I/O error' does not say: a file-size limit on this process, or a store
+    folder with no space left."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f" (this process may write files of at most {soft:,} bytes: `ulimit -f`)"
+    db = sqlite_file(tracking_uri())
+    try:
+        if db is not None and shutil.disk_usage(db.parent).free < 1 << 20:
+            return f" (no space left in {db.parent})"
+    except OSError:
+        pass
+    return ""
 
 
 def _reason(e: BaseException) -> str:
@@ -79,9 +96,32 @@ def _reason(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
+# Errors no wait cures: a full disk or quota, a file-size limit (`ulimit -f`: EFBIG), a read-only
+# filesystem, and SQLite's words for them. MLflow wraps a database error in an MlflowException
+# whose HTTP status is 500, which alone would read as a server's passing trouble.
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+PERMANENT_SQLITE = ("disk I/O error", "database or disk is full", "readonly database",
+                    "unable to open database file", "database disk image is malformed")
+
+
+def permanent(e: BaseException) -> bool:
+    """Whether anything in the error's chain is a write error that waiting cannot cure."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in PERMANENT_ERRNOS:
+            return True
+        if isinstance(seen, sqlite3.Error) and any(w in str(seen) for w in PERMANENT_SQLITE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def transient(e: BaseException) -> bool:
     """Whether a store error may go away by itself: a connection refused, reset or timed out, a
-    server answering 5xx, SQLite's database locked or busy. Not: read-only, full, bad URI."""
+    server answering 5xx, SQLite's database locked or busy. Not: read-only, full, a file-size
+    limit, bad URI (`permanent`)."""
+    if permanent(e):
+        return False
     seen: BaseException | None = e
     while seen is not None:
         text = f"{type(seen).__name__}: {seen}"
@@ -125,39 +165,6 @@ def patiently(call: Callable[[], object], wait: float | None = None):
                 raise refusal from None
         time.sleep(delay)
         delay = min(2 * delay, 8.0)
-
-
-def probe(uri: str | None = None) -> None:
-    """Whether the store answers, in a few seconds: a server's /health, or a SQLite database
-    that can be written. Raises TrackingError naming the store; other kinds of URI pass."""
-    uri = uri or tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_SECONDS):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered (a login in front of /health, say): reachable; MLflow goes on
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise TrackingError(f"MLflow store {uri}: unreachable ({reason}); start the server "
-                                f"or set MLFLOW_TRACKING_URI") from None
-    db = sqlite_file(uri)
-    if db is None:
-        return
-    folder = db.parent if db.parent.exists() else next(p for p in db.parents if p.exists())
-    if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-        raise TrackingError(f"MLflow store {uri}: not writable; make it writable or set "
-                            f"MLFLOW_TRACKING_URI")
-    if db.exists():
-        try:
-            con = sqlite3.connect(db, timeout=CONNECT_SECONDS, isolation_level=None)
-            try:
-                con.execute("BEGIN IMMEDIATE")  # takes the write lock; released at once
-                con.execute("ROLLBACK")
-            finally:
-                con.close()
-        except sqlite3.Error as e:
-            raise TrackingError(f"MLflow store {uri}: {type(e).__name__}: {e}") from None
 
 
 # MLflow logs a database error with its whole traceback before raising it; the stage reports it
