@@ -125,6 +125,7 @@ def report_markdown(p, loss: str, rows: list[dict], head: dict, distilled: dict,
             f"![test accuracy per epoch](accuracy.png)\n\n"
             f"## What each model costs\n\n{cost_table(rows)}\n"
             "FLOPs count a multiply-add as 2 (torch.utils.flop_counter); weights are the bytes of "
-            "the saved state_dict; latency and throughput are medians on this machine's CPU "
-            "(kd/train/cost.py).\n\n![test accuracy against FLOPs per image](cost.png)\n\n"
+            "the saved state_dict. Each model's speed on the machine that trained it is in its "
+            "MLflow run (latency_ms, throughput_per_s).\n\n"
+            "![test accuracy against FLOPs per image](cost.png)\n\n"
             f"## Test errors per class\n\n{per_class_table(list(per_class), class_names, per_class)}")
