@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kd import wait_policy  # imports no torch: the child sets its policy before torch loads
+from kd.process import wait_policy  # imports no torch: the child sets its policy before torch loads
 
 CONTENDERS = ("stage", "OpenMP default")
 ROLES = ("teacher", "student")

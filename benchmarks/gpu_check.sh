@@ -40,7 +40,7 @@ echo "== cifar100-resnet teacher: $cifar_epochs epochs on $cifar_images generate
 import sys, yaml, torch
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from kd import data
+from kd.data import splits
 conf = Path(sys.argv[1]) / "conf"
 p = yaml.safe_load(open(Path(sys.argv[1]) / "params.yaml"))
 for layer in (conf / "dataset/cifar100.yaml", conf / "preset/cifar100-resnet.yaml"):
@@ -58,8 +58,8 @@ def images(n):
     x = (protos[y] + 60 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 255).to(torch.uint8)
     return x, y
 n = int(sys.argv[3])
-train, val = data.split_off_validation(*images(n + n // 10), 0.1, 0)
-data.save(Path("data/cifar100-gen"), "cifar100", train, val, data.Split(*images(2000)),
+train, val = splits.split_off_validation(*images(n + n // 10), 0.1, 0)
+splits.save(Path("data/cifar100-gen"), "cifar100", train, val, splits.Split(*images(2000)),
           tuple(f"class{i}" for i in range(100)), {"source": "generated"})
 PY
 stage teacher --params cifar.yaml --data data/cifar100-gen --model model/cifar-teacher.pt \

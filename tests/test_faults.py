@@ -166,8 +166,10 @@ def read_only_mlflow_store(project, monkeypatch, request):
     return teacher, "mlflow.db: not writable; make it writable or set MLFLOW_TRACKING_URI"
 
 
-def record_in_dvc_lock(project):
-    """A dvc.lock recording the outputs as they are, as `dvc repro` leaves it."""
+def record_in_dvc_lock(project, monkeypatch):
+    """A dvc.lock recording the outputs as they are, as `dvc repro` leaves it, and the next stage
+    run by DVC (which sets DVC_STAGE)."""
+    monkeypatch.setenv("DVC_STAGE", "next")
     from kd.process.recorded_hashes import manifest, manifest_md5, md5_file
     out = lambda path, md5: {"path": path, "hash": "md5", "md5": md5}  # noqa: E731
     lock = {"schema": "2.0", "stages": {
@@ -187,7 +189,7 @@ def flip_bytes(path, count):
 
 
 def corrupt_teacher_dvc_recorded(project, monkeypatch, request):
-    record_in_dvc_lock(project)
+    record_in_dvc_lock(project, monkeypatch)
     flip_bytes(project / "model/teacher.pt", 2000)
     return soft_targets, ("model/teacher.pt: its content does not match the md5 dvc.lock records "
                           "for it (corrupt, or changed outside DVC); put it back with `dvc "
@@ -196,13 +198,13 @@ def corrupt_teacher_dvc_recorded(project, monkeypatch, request):
 
 
 def corrupt_soft_targets_dvc_recorded(project, monkeypatch, request):
-    record_in_dvc_lock(project)
+    record_in_dvc_lock(project, monkeypatch)
     flip_bytes(project / "model/soft_targets.pt", 3000)
     return distill, "model/soft_targets.pt: its content does not match the md5 dvc.lock records"
 
 
 def corrupt_split_dvc_recorded(project, monkeypatch, request):
-    record_in_dvc_lock(project)
+    record_in_dvc_lock(project, monkeypatch)
     flip_bytes(project / "data/digits/train.pt", 100)
     return teacher, ("data/digits: its content does not match the md5 dvc.lock records for it "
                      "(corrupt, or changed outside DVC); put it back with `dvc checkout -f "
@@ -297,8 +299,8 @@ def test_kill_9_mid_training_is_cleaned_up_by_the_next_stage_without_touching_li
     assert not list(staging.glob("mlflow-*"))
 
 
-def test_inputs_that_match_dvc_lock_are_used(project):
+def test_inputs_that_match_dvc_lock_are_used(project, monkeypatch):
     """The check refuses only a mismatch: recorded and intact, every stage reads its inputs."""
-    record_in_dvc_lock(project)
+    record_in_dvc_lock(project, monkeypatch)
     for name in ("teacher", "soft_targets", "distill"):
         run_stage(name)

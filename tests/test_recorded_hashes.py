@@ -11,6 +11,12 @@ import pytest
 from kd.process.recorded_hashes import Mismatch, manifest, manifest_md5, md5_file, verify
 
 
+@pytest.fixture(autouse=True)
+def under_dvc(monkeypatch):
+    """These checks are what a stage does when DVC runs it (DVC sets DVC_STAGE)."""
+    monkeypatch.setenv("DVC_STAGE", "next")
+
+
 def test_a_folder_s_md5_is_the_one_dvc_records(tmp_path):
     """Computed here without DVC's cache (a queued experiment's copy may have none of its own),
     it must be exactly what `dvc add` writes."""
@@ -57,6 +63,21 @@ def test_a_recorded_file_must_match_and_an_unrecorded_one_is_read_as_it_is(tmp_p
     with pytest.raises(Mismatch, match=r"teacher.pt: its content does not match .* `dvc checkout "
                                        r"-f .*teacher.pt` or rerun its stage with `dvc repro -f "
                                        r"-s teacher`$"):
+        verify(model)
+
+
+def test_a_stage_run_by_hand_reads_what_it_is_given(tmp_path, monkeypatch):
+    """Outside DVC the lock may describe an earlier run (the teacher retrained by hand with other
+    params): its md5 is no reason to refuse, and `dvc checkout -f` would undo the user's work."""
+    (tmp_path / ".dvc").mkdir()
+    model = tmp_path / "model/teacher.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"retrained by hand")
+    lock(tmp_path, teacher=("model/teacher.pt", "0" * 32))
+    monkeypatch.delenv("DVC_STAGE")
+    verify(model)
+    monkeypatch.setenv("DVC_STAGE", "soft_targets")
+    with pytest.raises(Mismatch):
         verify(model)
 
 

@@ -7,9 +7,12 @@ teacher quietly makes garbage soft targets. So the shared loaders (kd/process/fi
 `load_torch`, kd/data/splits.py `load`) call `verify` first: a file that dvc.lock records as some
 stage's output must have that md5, or the stage stops with one line naming the file and the fix.
 
-A file no dvc.lock records (a test's temporary project, `--teacher other.pt`) has nothing to be
-compared with and is read as it is. Under `dvc repro` the lock is current when the next stage
-starts: DVC writes each stage's entry as soon as that stage has run.
+Only under DVC (which sets DVC_STAGE for every stage it runs): there the lock is current when the
+next stage starts, since DVC writes each stage's entry as soon as that stage has run. A stage run
+by hand (`python -m stages.soft_targets` after `python -m stages.teacher` with other params) reads
+what it is given: the lock then describes an earlier run, and its "fix" would overwrite the new
+model. A file no dvc.lock records (a test's temporary project, `--teacher other.pt`) has nothing
+to be compared with and is read as it is.
 
 Only DVC 3's plain md5 (`hash: md5` in the entry) is compared: DVC 2's md5 of text files is of
 their content with CRLF turned into LF, which this module does not recompute.
@@ -107,7 +110,10 @@ def recorded(path: str | Path) -> tuple[str, str, str] | None:
 
 def verify(path: str | Path) -> None:
     """Raise Mismatch, one line, when `path` (a file or a folder output) differs from what
-    dvc.lock records for it; nothing when it matches or nothing is recorded."""
+    dvc.lock records for it; nothing when it matches, nothing is recorded, or DVC is not running
+    this stage."""
+    if not os.environ.get("DVC_STAGE"):
+        return
     found = recorded(path)
     if found is None or not Path(path).exists():
         return
