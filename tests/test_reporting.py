@@ -108,3 +108,8 @@ def test_the_pipeline_run_leads_with_the_distilled_students_validation_accuracy(
     assert next(iter(head)) == "distilled_val_acc" and head["distilled_val_acc"] == 0.91
     assert {n: head[f"{n}_val_acc"] for n in finals} == {"teacher": 0.93, "student": 0.90, "distilled": 0.91}
     assert head["gain"] == pytest.approx(0.01) and head["distilled_test_errors"] == 900
+
+
+def test_a_class_named_by_its_index_is_not_shown_twice():
+    table = tables.per_class_table(["teacher"], ["0", "Trouser"], {"teacher": [4, 2]})
+    assert "| 0 | 4 |" in table and "| 1 Trouser | 2 |" in table

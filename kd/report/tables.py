@@ -87,9 +87,11 @@ def cost_table(rows: list[dict]) -> str:
 
 def per_class_table(names: list[str], classes: list[str], errors: dict[str, list[int]]
                     ) -> str:
-    """Test errors of each true class (rows) for each model (columns)."""
-    return markdown_table(["class", *names], [[f"{c} {label}", *(errors[n][c] for n in names)]
-                                              for c, label in enumerate(classes)])
+    """Test errors of each true class (rows) for each model (columns); a class is its index and
+    its name, or its index alone where the name is the index (digits: `3`, not `3 3`)."""
+    return markdown_table(["class", *names], [
+        [str(c) if label == str(c) else f"{c} {label}", *(errors[n][c] for n in names)]
+        for c, label in enumerate(classes)])
 
 
 def headline(finals: dict[str, dict], student_agreement: float, distilled_agreement: float
