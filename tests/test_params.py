@@ -332,3 +332,11 @@ def test_experiment_name_error_agrees_with_dvc(tmp_path):
 
     names = [n for n, _ in NAMES_REFUSED if n] + NAMES_STORED
     assert {n: experiment_name_error(n) is None for n in names} == {n: dvc_stores(n) for n in names}
+
+
+def test_a_loss_knob_given_as_an_integer_is_held_as_a_float():
+    """`-S distill.ls_kd=9` runs, and is logged, as the 9.0 conf/ writes: one setting, one name."""
+    raw = tiny_params()
+    raw["distill"].update(loss="ls", ls_kd=9)
+    settings = losses.settings(checked(raw))
+    assert settings["ls_kd"] == 9.0 and type(settings["ls_kd"]) is float

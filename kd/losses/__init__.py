@@ -61,11 +61,12 @@ class Loss:
         return {k: getattr(p, k) if self.top_level else p.distill.knobs[f"{self.name}_{k}"]
                 for k in self.knobs}
 
-    def check(self, knob: str, value: Any) -> None:
-        """Refuse a value the knob's kind does not allow, in one line naming its key."""
+    def check(self, knob: str, value: Any) -> Any:
+        """The value as its kind holds it (`9` as 9.0); refuse one the kind does not allow, in one
+        line naming its key."""
         kind = self._kinds.setdefault(knob, TypeAdapter(self.knobs[knob], config=FINITE))
         try:
-            kind.validate_python(value)
+            return kind.validate_python(value)
         except ValidationError:
             shown = float(value) if type(value) is int else value  # the number as it is used
             raise ParamsError(f"{self.key(knob)} must be {allowed(self.knobs[knob])} "
@@ -102,7 +103,7 @@ def validate(p: Params) -> Loss:
             own = ", ".join(f.name for f in fields(Distill) if f.name != "knobs")
             raise ParamsError(f"distill.{key} is not a known key; allowed: {own}, and each loss's "
                               f"knobs ({'; '.join(_knob_list(get(n)) for n in names())})")
-        other.check(knob, value)
+        p.distill.knobs[key] = other.check(knob, value)  # as params' own values: 9 is 9.0
     for knob in loss.knobs:
         if not loss.top_level and f"{loss.name}_{knob}" not in p.distill.knobs:
             raise ParamsError(f"{loss.key(knob)} is missing; loss {loss.name} needs "
