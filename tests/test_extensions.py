@@ -4,6 +4,7 @@ registries are the only lists, and everything else (params validation, docs/exte
 generic tests) reads them."""
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
 
 def _run(repo, *argv, **env):
     proc = subprocess.run([sys.executable, *argv], cwd=repo, capture_output=True, text=True,
-                          env={**__import__("os").environ, "KD_TRACKING": "off", **env})
+                          env={**os.environ, "KD_TRACKING": "off", **env})
     assert proc.returncode == 0, f"{' '.join(argv)}:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
     return proc.stdout
 

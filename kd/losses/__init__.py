@@ -94,15 +94,15 @@ def validate(p: Params) -> Loss:
     """The knobs' checks params.yaml's schema leaves to the losses: `distill.loss` is one of them,
     every `distill.<loss>_<knob>` key is a knob of that loss and holds a value its kind allows,
     and a loss that splits by label gets no mixup. Returns the loss in use."""
-    loss = get(p.distill.loss)
+    loss, every = get(p.distill.loss), names()  # the folder listed once, not once a knob
     for key, value in p.distill.knobs.items():
-        owner = next((n for n in names() if key.startswith(f"{n}_")), None)
+        owner = next((n for n in every if key.startswith(f"{n}_")), None)
         other = get(owner) if owner is not None else None
         knob = key.removeprefix(f"{owner}_")
         if other is None or other.top_level or knob not in other.knobs:
             own = ", ".join(f.name for f in fields(Distill) if f.name != "knobs")
             raise ParamsError(f"distill.{key} is not a known key; allowed: {own}, and each loss's "
-                              f"knobs ({'; '.join(_knob_list(get(n)) for n in names())})")
+                              f"knobs ({'; '.join(_knob_list(get(n)) for n in every)})")
         p.distill.knobs[key] = other.check(knob, value)  # as params' own values: 9 is 9.0
     for knob in loss.knobs:
         if not loss.top_level and f"{loss.name}_{knob}" not in p.distill.knobs:

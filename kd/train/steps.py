@@ -84,9 +84,9 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
 def run_params(p: Params, arch: str, net: Model, train: Train) -> dict:
     """A training stage's effective settings under names all three stages share (`arch`,
     `epochs`, `lr`, ...), so their MLflow runs line up row by row in the compare view."""
-    knobs = {"knobs"}  # the loss's own are the distill stage's to log (kd.losses.settings)
+    # the loss's own knobs are the distill stage's to log (kd.losses.settings)
     return {"dataset": p.dataset, "preset": p.preset, "seed": p.seed, **asdict(net),
-            **{k: v for k, v in asdict(train).items() if k not in knobs}, "arch": arch,
+            **{k: v for k, v in asdict(train).items() if k != "knobs"}, "arch": arch,
             "world_size": distributed.world_size()}
 
 
