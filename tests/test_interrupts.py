@@ -358,7 +358,8 @@ def test_a_server_lost_mid_training_is_given_up_on_with_one_line(clean, tmp_path
 
 def test_a_second_exp_run_in_the_workspace_stops_the_first_before_it_registers(clean):
     """The second `dvc exp run` writes its -S into params.yaml, then finds DVC's lock taken; the
-    first, training its student, then stops before registering it (kd/process/params_watch.py)."""
+    first, training its student, stops at the end of that epoch and registers nothing
+    (kd/process/params_watch.py)."""
     repo = clean
     began = time.time()
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")

@@ -110,3 +110,36 @@ def test_the_largest_seeds_params_allow_run_through_the_code_that_seeds():
     cfg = replace(train_cfg(0.9), epochs=1, batch_size=16, mixup=0.5)
     fit = loop.fit(Scaled(4), ds, cfg, seed=p.seed)  # mixup: numpy's generator too
     assert fit.best_epoch == 1
+
+
+def test_a_params_file_changed_mid_training_stops_the_loop_after_that_epoch(tmp_path, monkeypatch):
+    """A second `dvc exp run` rewrote params.yaml while a stage DVC runs trained: the loop stops
+    at the end of the epoch in which it changed, not after its last epoch (nothing it trains could
+    be registered: kd/process/params_watch.py). Run by hand, it trains on."""
+    from kd.process import params_watch
+
+    params = tmp_path / "params.yaml"
+    params.write_text("T: 4\n")
+    monkeypatch.setattr(params_watch, "_loaded", {})
+    monkeypatch.setattr(params_watch.interrupt, "dvc_process", lambda: "boot:1:100:5")
+    params_watch.loaded(params)  # the stage read it (no check stage recorded it: nothing to compare)
+    model = Scaled(4)
+    run = Recorder(model)
+
+    def log_epoch(row: dict, epoch: int) -> None:
+        run.s[epoch] = model.s.item()
+        if epoch == 2:
+            params.write_text("T: 5\n")
+
+    run.log_epoch = log_epoch
+    cfg = replace(train_cfg(0.9), epochs=50, batch_size=16)
+    with pytest.raises(params_watch.ParamsChanged, match="changed while this stage ran"):
+        loop.fit(model, tiny_dataset(), cfg, seed=0, run=run)
+    assert sorted(run.s) == [1, 2]
+
+    by_hand = Scaled(4)
+    run = Recorder(by_hand)
+    monkeypatch.setattr(params_watch.interrupt, "dvc_process", lambda: None)
+    fit = loop.fit(by_hand, tiny_dataset(), replace(cfg, epochs=3), seed=0, run=run)
+    assert len(fit.history) == 3  # the file differs from what was read, and training went on
+

@@ -4,20 +4,27 @@ experiments over seeds (`-S seed=1,2`) run by `dvc queue start -j 2` and a third
 store at the repo root; then `python -m tools.sweep` over those experiments (mean ± std over
 seeds 0, 1, 2), and bad params stopped before any output changes.
 
+The queued experiments also prove the numerics: seed 1's, trained side by side with seed 2's,
+has exactly the bytes `dvc repro -f` writes for it alone on three threads (a count no queued stage
+takes on a machine of up to 5 cores), with a convolutional teacher (kd/train/fixed_order.py).
+
 The tests share one temporary git repository holding a copy of the project (digits, one epoch per
 model) and run in file order: each starts from what the one before left.
 """
 
+import hashlib
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dvc.api
 import mlflow
 import pytest
 
 from tests.conftest import PNG_MAGIC, hash_tree
 from tests.project_repo import env, make_project_repo, sh
+from tests.test_numerics import OUTPUTS
 from tools import sweep as sweep_cli
 
 pytestmark = pytest.mark.slow  # every test here drives DVC over the whole pipeline: minutes
@@ -35,7 +42,7 @@ def count(all_runs, stage: str) -> int:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
-    make_project_repo(repo)
+    make_project_repo(repo, teacher={"arch": "cnn:8-16", "dropout": 0.3})
     return repo
 
 
@@ -61,6 +68,18 @@ def run_queue(repo: Path, jobs: int) -> None:
             break
         time.sleep(3)
     assert "Failed" not in status, status
+
+
+def experiment(repo: Path, **params) -> str:
+    """The one experiment (not the baseline) whose params have these values."""
+    (name,) = [r["Experiment"] for r in dvc.api.exp_show(repo=str(repo))
+               if r["Experiment"] and r["typ"] != "baseline"
+               and all(r[key] == value for key, value in params.items())]
+    return name
+
+
+def outputs(repo: Path) -> dict[str, str]:
+    return {rel: hashlib.sha256((repo / rel).read_bytes()).hexdigest()[:16] for rel in OUTPUTS}
 
 
 def test_repro_then_T_change_then_queue(repo):
@@ -137,6 +156,7 @@ def test_repro_then_T_change_then_queue(repo):
     (reused,) = [r for name, r in piped.items() if r.data.params["seed"] == "1"
                  and r.data.params["T"] == "2.0"]
     assert reused.data.tags["teacher_run_id"] == teachers["1"]
+
 
     # 4. The README's terminal view: the required columns in 120 characters, the same numbers
     # as each experiment's pipeline run.
@@ -249,3 +269,18 @@ def test_bad_params_stop_dvc_before_it_touches_any_output(repo, how, message):
     assert "Running stage 'check'" in proc.stdout + proc.stderr
     assert outputs_hash(repo) == before
     assert not list(repo.rglob("pwned"))
+
+
+def test_a_queued_experiment_has_the_bytes_of_one_run_alone_on_three_threads(repo):
+    """Seed 1's experiment, queued by the first test and trained beside seed 2's (`-j 2`: each
+    stage on its share of the cores), rerun here by `dvc repro -f` alone on three threads: every
+    model, metric and plot the same bytes. Last in the file: it leaves the workspace applied."""
+    if not list((repo / ".git" / "refs" / "exps").rglob("*")):
+        pytest.skip("needs the experiments of test_repro_then_T_change_then_queue")
+    sh(repo, "dvc", "exp", "apply", experiment(repo, seed=1, T=4))
+    queued = outputs(repo)
+    alone = subprocess.run(["dvc", "repro", "-f"], cwd=repo, capture_output=True, text=True,
+                           timeout=600, env={**env(), "OMP_NUM_THREADS": "3"})
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "Running stage 'teacher'" in alone.stdout and "Running stage 'distill'" in alone.stdout
+    assert outputs(repo) == queued

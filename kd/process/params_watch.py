@@ -54,3 +54,13 @@ def unchanged() -> None:
         raise ParamsChanged(f"{_loaded['path']}: changed while this stage ran (another "
                             f"`dvc exp run` in this workspace?); nothing was registered: run it "
                             f"again when the other has finished")
+
+
+def between_epochs() -> None:
+    """Between epochs of a stage DVC runs: a params file rewritten by a second `dvc exp run`
+    stops it now, not after its last epoch (what it trains could not be registered). By hand
+    a user may edit the file for their next run: such a stage is refused only when it would
+    register (unchanged())."""
+    if interrupt.dvc_process() is not None:
+        unchanged()
+

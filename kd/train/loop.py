@@ -28,7 +28,7 @@ from tqdm import tqdm
 from kd.config.params import Train
 from kd.data.splits import Dataset, Split, mixup, normalize, random_flip, random_shift
 from kd.errors import PipelineError
-from kd.process import cores, distributed
+from kd.process import cores, distributed, params_watch
 from kd.train import device as devices
 from kd.train.cross_entropy import hard_loss
 from kd.train.metrics import scores
@@ -191,6 +191,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
             history.append(row)
             if run is not None:
                 run.log_epoch(row, epoch)
+            params_watch.between_epochs()
             if val["val_acc"] > best_acc:
                 best_acc, best_epoch = val["val_acc"], epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
