@@ -51,8 +51,8 @@ need_fashion_mnist() {
 
 case "${1:-}" in
   pipeline) shift; need_uv; need_plots_js; need_fashion_mnist; uv run dvc repro "$@" ;;
-  # One test process per core and one more (pytest-xdist): a third of the suite's time is spent
-  # waiting (servers, locks, DVC's queue), and the extra process computes meanwhile. A file's
+  # One test process per core and one more (pytest-xdist): with one per core, a third of the
+  # cores' time went idle while tests waited on servers, locks and DVC's queue. A file's
   # tests stay together and in order in one process (the end-to-end tests share a repository and
   # build on each other).
   tests)    shift; need_uv; need_plots_js; need_fashion_mnist

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -32,13 +33,17 @@ LONG = {"teacher.epochs": 100000, "teacher.arch": "mlp:1024-1024"}  # hours: alw
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    make_project_repo(repo)
-    sh(repo, "dvc", "repro")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "pipeline run")
-    return repo
+def repo(tmp_path_factory) -> Iterator[Path]:
+    # The stages here mostly train only to be stopped: on one thread each, they leave the other
+    # cores to the suite's other test processes (nothing here depends on the thread count).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        repo = tmp_path_factory.mktemp("repo")
+        make_project_repo(repo)
+        sh(repo, "dvc", "repro")
+        sh(repo, "git", "add", "-A")
+        sh(repo, "git", "commit", "-qm", "pipeline run")
+        yield repo
 
 
 @pytest.fixture
