@@ -54,8 +54,9 @@ case "${1:-}" in
   # One test process per core and one more (pytest-xdist): with one per core, a third of the
   # cores' time went idle while tests waited on servers, locks and DVC's queue. A file's
   # tests stay together and in order in one process (the end-to-end tests share a repository and
-  # build on each other).
+  # build on each other), the files in collection order (tests/conftest.py: the longest first),
+  # not pytest-xdist's default of the files with the most tests first.
   tests)    shift; need_uv; need_plots_js; need_fashion_mnist
-            uv run pytest -n "$(( $(nproc) + 1 ))" --dist loadfile "$@" ;;
+            uv run pytest -n "$(( $(nproc) + 1 ))" --dist loadfile --no-loadscope-reorder "$@" ;;
   *) echo "usage: bash run.sh pipeline|tests [args...]" >&2; exit 2 ;;
 esac

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # The suite's longest files (seconds alone on 2 cores, `--durations`), started first: pytest-xdist
-# hands whole files (`--dist loadfile`) to whichever process is free, in collection order, so a
-# long file collected last would run on while the other process idles.
+# hands whole files (`--dist loadfile`) to whichever process is free, in collection order under
+# run.sh's `--no-loadscope-reorder`, so a long file collected last would run on while the other
+# processes idle.
 LONGEST_FIRST = ("test_interrupts.py", "test_pipeline_e2e.py", "test_benchmark.py",
                  "test_numerics.py", "test_shared_services.py", "test_extensions.py",
                  "test_distributed.py", "test_stopping.py")
