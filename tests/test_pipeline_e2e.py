@@ -12,7 +12,6 @@ The tests share one temporary git repository holding a copy of the project (digi
 model) and run in file order: each starts from what the one before left.
 """
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 
 from tests.conftest import PNG_MAGIC, hash_tree
 from tests.project_repo import env, make_project_repo, sh
-from tests.test_numerics import OUTPUTS
+from tests.test_numerics import OUTPUTS, digest
 from tools import sweep as sweep_cli
 
 pytestmark = pytest.mark.slow  # every test here drives DVC over the whole pipeline: minutes
@@ -76,10 +75,6 @@ def experiment(repo: Path, **params) -> str:
                if r["Experiment"] and r["typ"] != "baseline"
                and all(r[key] == value for key, value in params.items())]
     return name
-
-
-def outputs(repo: Path) -> dict[str, str]:
-    return {rel: hashlib.sha256((repo / rel).read_bytes()).hexdigest()[:16] for rel in OUTPUTS}
 
 
 def test_repro_then_T_change_then_queue(repo):
@@ -278,9 +273,9 @@ def test_a_queued_experiment_has_the_bytes_of_one_run_alone_on_three_threads(rep
     if not list((repo / ".git" / "refs" / "exps").rglob("*")):
         pytest.skip("needs the experiments of test_repro_then_T_change_then_queue")
     sh(repo, "dvc", "exp", "apply", experiment(repo, seed=1, T=4))
-    queued = outputs(repo)
+    queued = digest(repo, OUTPUTS)
     alone = subprocess.run(["dvc", "repro", "-f"], cwd=repo, capture_output=True, text=True,
                            timeout=600, env={**env(), "OMP_NUM_THREADS": "3"})
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "Running stage 'teacher'" in alone.stdout and "Running stage 'distill'" in alone.stdout
-    assert outputs(repo) == queued
+    assert digest(repo, OUTPUTS) == queued
