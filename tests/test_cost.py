@@ -25,6 +25,19 @@ def test_default_teacher_cnn_32_64_counted_by_hand():
     assert cost.size(_mnist_model("cnn:32-64"), (1, 28, 28))["flops_per_image"] == flops == 9_287_680
 
 
+@pytest.mark.parametrize("arch, in_shape", [("mlp:800-800", (1, 28, 28)), ("cnn:32-64", (1, 28, 28)),
+                                             ("cnn:8-16-32", (3, 32, 32)), ("resnet8x4", (3, 32, 32))])
+def test_flops_are_what_torchs_own_counter_counts(arch, in_shape):
+    # cost.size counts the Linear and Conv2d layers itself (torch's counter imports torch._dynamo);
+    # a strided convolution, a 1x1 shortcut and a classifier head must count as torch counts them
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = nets.build(arch, in_shape, 10).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *in_shape))
+    assert cost.size(model, in_shape)["flops_per_image"] == counter.get_total_flops() > 0
+
+
 def test_size_is_the_saved_state_dict_and_near_four_bytes_a_parameter():
     model = _mnist_model("mlp:800-800")
     got = cost.size(model, (1, 28, 28))["size_bytes"]

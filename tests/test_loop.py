@@ -9,7 +9,7 @@ from torch import nn
 
 from kd.config.params import Train, validate
 from kd.data import splits
-from kd.train import loop, transfer
+from kd.train import loop, nets, transfer
 from kd.train.loop import optimizer
 from tests.conftest import tiny_params
 
@@ -19,33 +19,70 @@ def train_cfg(momentum: float) -> Train:
                  flip=False, grad_clip=0.0, mixup=0.0)
 
 
-def run_steps(momentum: float, steps: int = 6) -> tuple[torch.optim.SGD, list[float]]:
+def torch_optim(model: nn.Module, cfg: Train, total_steps: int):
+    """What the loop stepped with before kd/train/sgd.py: torch.optim's SGD and OneCycleLR."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                                cycle_momentum=False)
+    return opt, sched
+
+
+def weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def train(arch: str, cfg: Train, steps: int, reference: bool) -> tuple[torch.Tensor, list[float]]:
+    """`steps` steps on random batches with the loop's optimiser (or torch.optim's): the final
+    weights and the learning rate each step took."""
     torch.manual_seed(0)
-    model = nn.Linear(4, 3)
-    opt, sched = optimizer(model, train_cfg(momentum), total_steps=steps)
-    seen = []
+    model = nets.build(arch, (1, 8, 8), 3, dropout=0.1)
+    opt, sched = torch_optim(model, cfg, steps) if reference else (optimizer(model, cfg, steps),
+                                                                   None)
+    gen = torch.Generator().manual_seed(1)
+    lrs = []
     for _ in range(steps):
-        seen.append(opt.param_groups[0]["momentum"])
+        x, y = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+        lrs.append(opt.param_groups[0]["lr"] if reference else opt.lr)
         opt.zero_grad()
-        model(torch.randn(8, 4)).square().mean().backward()
+        nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-        sched.step()
-    return opt, seen
+        if reference:
+            sched.step()
+    lrs.append(sched.get_last_lr()[0] if reference else opt.lr)  # what the epoch's row logs
+    return weights(model), lrs
+
+
+@pytest.mark.parametrize("arch", ["mlp:16-16", "cnn:4-8"])
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.5, 0.0), (0.9, 5e-4)])
+def test_the_loops_sgd_writes_the_bytes_of_torch_optim(arch, momentum, weight_decay):
+    # Same weights after a whole one-cycle run of 10 steps (warm-up and annealing), whichever
+    # momentum and weight decay: the committed models do not move with the optimiser's code.
+    cfg = replace(train_cfg(momentum), weight_decay=weight_decay)
+    torch.manual_seed(0)
+    start = weights(nets.build(arch, (1, 8, 8), 3))
+    ours, our_lrs = train(arch, cfg, 10, reference=False)
+    theirs, their_lrs = train(arch, cfg, 10, reference=True)
+    assert not torch.equal(ours, start)  # the steps moved the weights
+    assert torch.equal(ours, theirs)
+    assert our_lrs == their_lrs  # every step's learning rate to the last bit
+    assert max(our_lrs) == cfg.lr and our_lrs[0] == pytest.approx(cfg.lr / 25)
 
 
 def test_momentum_zero_is_plain_sgd():
     # One-cycle's default would cycle momentum between 0.85 and 0.95 even when it is set to 0.
-    opt, seen = run_steps(0.0)
-    assert seen == [0.0] * 6
-    assert all(opt.state[p].get("momentum_buffer") is None for p in opt.param_groups[0]["params"])
-    assert opt.param_groups[0]["nesterov"] is False
-
-
-@pytest.mark.parametrize("momentum", [0.5, 0.9])
-def test_momentum_stays_as_set_while_the_learning_rate_cycles(momentum):
-    opt, seen = run_steps(momentum)
-    assert seen == [momentum] * 6
-    assert opt.param_groups[0]["nesterov"] is True
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = optimizer(model, train_cfg(0.0), total_steps=6)
+    for _ in range(6):
+        before = model.weight.detach().clone()
+        lr = opt.lr
+        opt.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        grad = model.weight.grad.clone()
+        opt.step()
+        assert torch.equal(model.weight.detach(), before.add(grad, alpha=-lr))
+    assert opt.buffers == [None, None] and opt.nesterov is False
 
 
 class Scaled(nn.Module):

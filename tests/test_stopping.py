@@ -98,7 +98,7 @@ def test_outside_a_stage_process_ctrl_c_stays_python_s():
     """Importing the stages (tests, notebooks) installs nothing."""
     code = "import stages.check, signal; print(signal.getsignal(signal.SIGINT).__name__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.stdout.strip() == "default_int_handler"
+    assert (out.returncode, out.stdout.strip()) == (0, "default_int_handler"), out.stderr[-2000:]
 
 
 def dvc_repo(tmp_path: Path) -> Path:

@@ -1,10 +1,12 @@
 """What a model costs to keep and to run: what distillation trades accuracy for.
 
-- `size`: parameters, floating-point operations per image (torch's own counter,
-  `torch.utils.flop_counter`: a multiply-add is 2 FLOPs; matmuls and convolutions, not the
-  elementwise ops) and the serialized size of its weights (the bytes `torch.save` writes for
-  its state_dict). Functions of the architecture alone: the same on every machine, so they go
-  into metrics/<model>.json.
+- `size`: parameters, floating-point operations per image (what torch's own counter,
+  `torch.utils.flop_counter`, counts: a multiply-add is 2 FLOPs; the Linear and Conv2d layers'
+  products, not the elementwise ops; counted here from each such layer's output and weight,
+  because entering that counter imports torch._dynamo, a second of every training stage's CPU;
+  tests/test_cost.py holds the two equal) and the serialized size of its weights (the bytes
+  `torch.save` writes for its state_dict). Functions of the architecture alone: the same on
+  every machine, so they go into metrics/<model>.json.
 - `speed`: CPU latency per image at batch 1 and throughput at batch 256, medians of repeated
   timed forward passes in eval mode without autograd, with the thread count they ran on. They
   vary by machine and by what else runs, so they go to MLflow and the report only.
@@ -18,7 +20,6 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from kd.process import cores, files
 from kd.train import nets
@@ -29,9 +30,19 @@ LATENCY_RUNS, THROUGHPUT_RUNS, THROUGHPUT_BATCH = 100, 10, 256
 def size(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
     """params, flops_per_image and size_bytes of `model` for inputs of `in_shape` (C, H, W)."""
     cpu = _eval_copy(model)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    flops = [0]
+
+    def count(layer: nn.Module, _inputs, out: torch.Tensor) -> None:
+        # each output element is one dot product over a weight row (a filter): 2 FLOPs a term
+        flops[0] += 2 * out.numel() * layer.weight[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in cpu.modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d))]
+    with torch.no_grad():
         cpu(torch.zeros(1, *in_shape))
-    return {"params": nets.count_params(model), "flops_per_image": int(counter.get_total_flops()),
+    for hook in hooks:
+        hook.remove()
+    return {"params": nets.count_params(model), "flops_per_image": flops[0],
             "size_bytes": len(files.torch_bytes(cpu.state_dict()))}
 
 

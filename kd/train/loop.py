@@ -30,6 +30,7 @@ from kd.data.splits import Dataset, Split, mixup, normalize, random_flip, random
 from kd.errors import PipelineError
 from kd.process import cores, distributed, params_watch
 from kd.train import device as devices
+from kd.train import sgd
 from kd.train.cross_entropy import hard_loss
 from kd.train.metrics import scores
 from kd.train.nets import apply_max_norm
@@ -96,19 +97,15 @@ class Teaching(Protocol):
     def loss(self, student_logits: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor: ...
 
 
-def optimizer(model: nn.Module, cfg: Train, total_steps: int
-              ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+def optimizer(model: nn.Module, cfg: Train, total_steps: int) -> sgd.SGD:
     """SGD (Nesterov when momentum > 0) under a one-cycle learning-rate schedule.
 
     One-cycle warms up then anneals; it tolerates the large learning rates that make SGD fast.
-    Its default also cycles momentum between 0.85 and 0.95, which would overrule `momentum`
-    (even `momentum: 0` would train with momentum): cycle_momentum=False keeps it as set.
+    Momentum stays as set (torch's OneCycleLR would cycle it between 0.85 and 0.95 by default,
+    overruling `momentum`; kd/train/sgd.py is its schedule with cycle_momentum=False).
     """
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                                cycle_momentum=False)
-    return opt, sched
+    return sgd.SGD(model.parameters(), sgd.OneCycle(cfg.lr, total_steps), cfg.momentum,
+                   nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
 
 
 def batch_inputs(split: Split, idx: torch.Tensor, data: Dataset, cfg: Train,
@@ -140,7 +137,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
     steps = n // bs
     net = distributed.data_parallel(model, seed)  # `model` itself in one process
     mine = distributed.share(bs)
-    opt, sched = optimizer(model, cfg, total_steps=cfg.epochs * steps)
+    opt = optimizer(model, cfg, total_steps=cfg.epochs * steps)
     gen = torch.Generator(device=dev).manual_seed(seed)
     rng = np.random.default_rng(seed)  # mixup's Beta draws only
     history: list[dict[str, float]] = []
@@ -165,12 +162,11 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
                 logits = logits.float()
                 loss = (hard_loss(logits, batch.y, batch.partner_y, batch.lam) if teacher is None
                         else teacher.loss(logits, batch, epoch))
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
-                sched.step()
                 apply_max_norm(model, max_norm)
                 # Accumulate on the device: no .item() (a host sync) per step.
                 loss_sum += loss.detach()
@@ -187,7 +183,7 @@ def fit(model: nn.Module, data: Dataset, cfg: Train, *, seed: int, teacher: Teac
             test = scores(predict(model, data.test, data), data.test.y, "test")
             row = {"epoch": epoch, "train_loss": train_loss, **val, **test,
                    "epoch_seconds": train_seconds, "samples_per_s": steps * bs / train_seconds,
-                   "lr": sched.get_last_lr()[0]}
+                   "lr": opt.lr}
             history.append(row)
             if run is not None:
                 run.log_epoch(row, epoch)
