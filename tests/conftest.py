@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +24,11 @@ from kd.process import numerics, wait_policy
 # threads sleep, so that the test processes (one per core) do not spin on each other's cores.
 numerics.set_portable_env()
 wait_policy.prepare()
+# A suite started in the background (`bash run.sh tests &` from a script) inherits SIGINT
+# ignored, and so would every process it starts (an ignored signal survives exec): the tests
+# that press Ctrl-C, and the one that reads Python's own handler, need what a terminal gives.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
