@@ -29,20 +29,19 @@ LATENCY_RUNS, THROUGHPUT_RUNS, THROUGHPUT_BATCH = 100, 10, 256
 
 def size(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
     """params, flops_per_image and size_bytes of `model` for inputs of `in_shape` (C, H, W)."""
-    cpu = _eval_copy(model)
-    flops = [0]
+    cpu = _eval_copy(model)  # a copy: the hooks below go with it
+    flops = 0
 
     def count(layer: nn.Module, _inputs, out: torch.Tensor) -> None:
-        # each output element is one dot product over a weight row (a filter): 2 FLOPs a term
-        flops[0] += 2 * out.numel() * layer.weight[0].numel()
+        nonlocal flops  # each output element is a dot product over a weight row: 2 FLOPs a term
+        flops += 2 * out.numel() * layer.weight[0].numel()
 
-    hooks = [m.register_forward_hook(count) for m in cpu.modules()
-             if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for layer in cpu.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            layer.register_forward_hook(count)
     with torch.no_grad():
         cpu(torch.zeros(1, *in_shape))
-    for hook in hooks:
-        hook.remove()
-    return {"params": nets.count_params(model), "flops_per_image": flops[0],
+    return {"params": nets.count_params(model), "flops_per_image": flops,
             "size_bytes": len(files.torch_bytes(cpu.state_dict()))}
 
 
