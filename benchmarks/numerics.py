@@ -10,8 +10,8 @@ first computes (kd/process/numerics.py):
     to tell the pins' cost from the fixed-order layers' (not reproducible across thread counts,
     measured only to split the cost).
 Every contender runs channels-last, as the stages do.
-Each runs kd.train.loop.fit itself on the default teacher (cnn:32-64) and student (mlp:800-800) with
-the params' batch size and optimiser knobs, on random 28x28 images (speed does not depend on the
+Each runs kd.train.loop.fit itself on the params' teacher and student architectures with their
+batch size and optimiser knobs, on random 28x28 images (speed does not depend on the
 pixels). The params are the file given (--params) or else conf/ composed as `dvc exp run`
 composes it: the default run's, not whatever experiment the working copy's params.yaml holds.
 The contenders take turns, round by round, and each ratio is the median of the per-round ratios
@@ -43,7 +43,7 @@ from benchmarks.common import (
 from kd.process.numerics import CUDA_ENV, PORTABLE_ENV
 
 CONTENDERS = ("native", "portable", "portable-plain-layers")
-ROLES = {"teacher": "cnn:32-64", "student": "mlp:800-800"}
+ROLES = ("teacher", "student")
 # The portable step may take at most 10% longer than the native one where the CPU's own kernels
 # are AVX2's anyway; on an AVX-512 CPU the pin to AVX2 itself costs something.
 TARGETS = {"avx512f": 1.35, "avx2": 1.10}
@@ -65,12 +65,12 @@ def child(mode: str) -> None:
         fixed_order.BatchNorm2d.forward = torch.nn.BatchNorm2d.forward
     print("ready", torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), flush=True)
     setup = loops.random_setup(load(sys.stdin.readline().rstrip("\n")))
-    rates = {name: loops.fit_rate(setup, loops.role(setup, name, arch))
-             for name, arch in ROLES.items()}
+    rates = {name: loops.fit_rate(setup, loops.role(setup, name, getattr(setup.params, name).arch))
+             for name in ROLES}
     for line in sys.stdin:
         name, batches = line.split()
         rate = rates[name](int(batches))  # samples/s of the training steps alone
-        print(1000 * setup.params.teacher.batch_size / rate, flush=True)
+        print(1000 * getattr(setup.params, name).batch_size / rate, flush=True)
 
 
 def start(mode: str, params: Path) -> subprocess.Popen:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:  # the default params file, read by each contender
         params = args.params or default_params(Path(tmp))
         try:
-            load(params)  # a bad file stops here, in one line, not in three contenders
+            p = load(params)  # a bad file stops here, in one line, not in three contenders
         except ParamsError as e:
             raise SystemExit(f"error: {e}") from None
         procs = {mode: start(mode, params) for mode in CONTENDERS}
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
                 proc.stdin.close()
                 proc.wait()
     rows: list[Row] = []
-    for role, arch in ROLES.items():
-        t = times[role]
+    for role in ROLES:
+        t, arch = times[role], getattr(p, role).arch
         rows.append(ratio_row(f"{role} ({arch}) step: portable vs native", t["portable"],
                               t["native"], "ms", TARGETS.get(vector_isa()), at_least=False))
         if role == "teacher":

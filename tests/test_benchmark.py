@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import composed_params
 from kd import datasets
 from tests.conftest import ROOT, tiny_params, write_params
 
@@ -37,10 +38,11 @@ def test_numerics_benchmark_compares_portable_with_native_side_by_side():
     assert "native: " in proc.stderr and "ATen dispatch AVX2" in proc.stderr  # portable's pin
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in proc.stdout.splitlines()
             if line.startswith("| ") and " step" in line}
-    assert set(rows) == {"teacher (cnn:32-64) step: portable vs native",
+    default = composed_params()  # the default run's architectures, which it measures
+    assert set(rows) == {f"teacher ({default['teacher']['arch']}) step: portable vs native",
                          "teacher step: portable vs its pins alone (the fixed-order layers' share)",
                          "teacher step: pins alone vs native (the AVX2 dispatch pins' share)",
-                         "student (mlp:800-800) step: portable vs native"}
+                         f"student ({default['student']['arch']}) step: portable vs native"}
     for cells in rows.values():
         assert float(cells[3].split()[0]) > 0  # a measured ratio, median of the rounds
 

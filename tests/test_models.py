@@ -1,5 +1,7 @@
 """Model shapes, parameter counts and the max-norm constraint."""
 
+import copy
+
 import pytest
 import torch
 
@@ -84,3 +86,38 @@ def test_conv_nets_run_channels_last_and_compute_what_nchw_computes(arch, in_sha
     x = torch.randn(4, *in_shape)  # NCHW, as batches are cut: the forward converts it
     with torch.no_grad():
         torch.testing.assert_close(nhwc.eval()(x), nchw.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("portable", [True, False], ids=["fixed-order layers", "torch's layers"])
+def test_the_cnn_pools_before_its_relu_and_computes_the_textbook_order_to_the_bit(portable,
+                                                                                   monkeypatch):
+    """nets.CNN runs conv -> BN -> pool -> ReLU: the same logits and gradients, bit for bit, as
+    conv -> BN -> ReLU -> pool with the same weights, in training mode (batch statistics), on
+    inputs whose pooling windows are partly, wholly and never negative."""
+    from kd.process import numerics
+    from kd.train.nets import CNN
+
+    monkeypatch.setattr(numerics, "_mode", "portable" if portable else "native")
+    torch.manual_seed(0)
+    ours = build("cnn:8-16", (1, 28, 28), 10)
+    assert isinstance(ours, CNN)
+    textbook = copy.deepcopy(ours)
+    blocks = list(textbook.features)
+    for i in range(0, len(blocks), 4):  # conv, BN, pool, ReLU -> conv, BN, ReLU, pool
+        blocks[i + 2], blocks[i + 3] = blocks[i + 3], blocks[i + 2]
+    assert [type(m).__name__ for m in blocks[:4]] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    textbook.features = torch.nn.Sequential(*blocks)
+    x = torch.randn(16, 1, 28, 28)
+    x[:4] = x[:4].abs()  # images whose every first-layer input is positive
+    results = []
+    for net in (ours, textbook):
+        net.train()
+        torch.manual_seed(1)  # the same dropout masks
+        loss = torch.nn.functional.cross_entropy(net(x), torch.arange(16) % 10)
+        grads = torch.autograd.grad(loss, list(net.parameters()))
+        results.append((loss.detach(), grads, [b.clone() for b in net.buffers()]))
+    (loss_a, grads_a, buffers_a), (loss_b, grads_b, buffers_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(buffers_a, buffers_b, strict=True))
+    assert any(g.abs().sum() > 0 for g in grads_a)

@@ -292,12 +292,12 @@ def test_digits_pipeline_writes_the_same_bytes_at_1_2_4_threads_and_under_avx2_c
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
 def test_fashion_mnist_cnn_teacher_writes_the_same_bytes_at_1_2_4_threads_and_under_avx2_caps(
         tmp_path):
-    """The default teacher (cnn:32-64, dropout 0.3, its batch size) for one epoch on the first
+    """The default teacher (its architecture, dropout and batch size) for one epoch on the first
     4,000 real images of each split (31 batches): the real kernels at the real shapes."""
     # conf/'s default teacher, whatever experiment params.yaml holds (HEAD's or the working copy's)
     raw = composed("dataset=fashion-mnist", "preset=none", "numerics=portable")
     raw["data"].update(root=str(FASHION))
-    raw["teacher"].update(arch="cnn:32-64", epochs=1)
+    raw["teacher"].update(epochs=1)
     found = outputs_under_each_setting(tmp_path, raw, ("teacher",),
                                        ("model/teacher.pt", "metrics/teacher.json",
                                         "plots/teacher.csv"), keep=4000)

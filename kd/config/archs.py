@@ -2,7 +2,7 @@
 not depend on the model code); each dataset's defaults are in conf/dataset/.
 
   mlp:W1-W2-...   fully connected ReLU net with hidden widths W1, W2, ...
-  cnn:C1-C2-...   3x3 conv + BatchNorm + ReLU + 2x2 max-pool per entry, then a 256-unit head
+  cnn:C1-C2-...   3x3 conv + BatchNorm + 2x2 max-pool + ReLU per entry, then a 256-unit head
   resnet<d>x4     CIFAR ResNet of depth d = 6n+2 with RepDistiller's 4x widths (resnet8x4, resnet32x4)
 """
 

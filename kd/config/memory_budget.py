@@ -44,9 +44,9 @@ def layers(arch: str, channels: int, side: int, classes: int) -> tuple[int, int]
         return params, sum(widths)
     if kind == "cnn":
         params, acts, c, s = 0, 0, channels, side
-        for out in sizes:  # conv3x3 (no bias) + BatchNorm; conv, BN and ReLU outputs, then pool
-            params += 9 * c * out + 2 * out
-            acts += 3 * out * s * s + out * (s // 2) ** 2
+        for out in sizes:  # conv3x3 (no bias) + BatchNorm: conv and BN outputs, then the pooled
+            params += 9 * c * out + 2 * out  # values (the ReLU works on them in place)
+            acts += 2 * out * s * s + out * (s // 2) ** 2
             c, s = out, s // 2
         flat = c * s * s
         return params + (flat + 1) * 256 + 257 * classes, acts + flat + 256 + classes
