@@ -15,7 +15,7 @@ torch, MLflow and the stage: `python -m stages.<name> --help`, timed apart) and 
 loading, the run's bookkeeping, checkpoints, the report's figures).
 
 Run: python -m benchmarks.pipeline [--against REV] [--params FILE]; progress on stderr, the
-machine and the tables on stdout. About 6 minutes on 2 idle cores, plus the other commit's time.
+machine and the tables on stdout. About 5 minutes on 2 idle cores, plus the other commit's time.
 `--params` runs both trees on the given params file instead of their own params.yaml.
 """
 
