@@ -2,7 +2,7 @@
 the default `dvc repro`, each stage's memory, and several experiments at once, as one table.
 
 Measures, side by side in one run (ratios are what count on a shared machine):
-  1. the default teacher's (cnn:32-64) training step in kd.train.loop.fit: its FLOP rate over the rate
+  1. the default teacher's (the params') training step in kd.train.loop.fit: its FLOP rate over the rate
      the convolution and matrix-multiply kernels of its own layer shapes reach alone (target >=
      0.6); as built (channels-last) vs NCHW; SGD(fused=True) and
      torch.compile (not adopted); the per-epoch evaluation's share of an epoch and its batch size;

@@ -21,8 +21,10 @@ def test_quick_benchmark_prints_every_measurement():
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| measurement |")
-    for item in ("1. teacher cnn:32-64 training FLOP rate", "1. teacher training: as the stages build it",
-                 "1. teacher step: optimizer.step", "1. per-epoch evaluation", "1. evaluation: batch",
+    teacher = composed_params()["teacher"]["arch"]  # the default teacher, which it measures
+    for item in (f"1. teacher {teacher} training FLOP rate",
+                 "1. teacher training: as the stages build it", "1. teacher step: optimizer.step",
+                 "1. per-epoch evaluation", "1. evaluation: batch",
                  "3. the teacher's 10 epochs at its kernel ceiling"):
         assert any(row.startswith(f"| {item}") for row in table), item
     # Every row with a target says whether it was met.
